@@ -1,0 +1,197 @@
+"""Marshmallow schemas: shape and types only (rules live in services). Unknown fields are refused."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+
+class Strict(Schema):
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+
+Money = fields.Decimal(places=2, as_string=True, allow_nan=False, validate=validate.Range(min=0))
+CURRENCY = validate.Regexp(r"^[A-Za-z]{3}$", error="an ISO 4217 code such as EUR")
+
+
+class PageArgs(Strict):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page_size = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class PageMeta(Schema):
+    page = fields.Integer()
+    page_size = fields.Integer()
+    total = fields.Integer()
+
+
+# --------------------------------------------------------------------------- accounts
+class AccountIn(Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    external_ref = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+
+
+class AccountOut(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    external_ref = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class AccountPage(PageMeta):
+    items = fields.List(fields.Nested(AccountOut))
+
+
+# --------------------------------------------------------------------------- contracts
+class ContractIn(Strict):
+    account_id = fields.Integer(required=True, strict=True)
+    number = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    title = fields.String(required=True, validate=validate.Length(min=1, max=300))
+    value = fields.Decimal(places=2, as_string=True, allow_nan=False, validate=validate.Range(min=0),
+                           load_default=None, allow_none=True)
+    currency = fields.String(required=True, validate=CURRENCY)
+
+
+class ContractOut(Schema):
+    id = fields.Integer()
+    account_id = fields.Integer()
+    number = fields.String()
+    title = fields.String()
+    value = fields.Decimal(places=2, as_string=True, allow_none=True)
+    currency = fields.String()
+    status = fields.String()
+    created_at = fields.DateTime()
+
+
+class ContractPage(PageMeta):
+    items = fields.List(fields.Nested(ContractOut))
+
+
+class ContractListArgs(PageArgs):
+    account_id = fields.Integer(load_default=None)
+
+
+# --------------------------------------------------------------------------- milestones
+class MilestoneIn(Strict):
+    contract_id = fields.Integer(required=True, strict=True)
+    code = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    description = fields.String(load_default="", validate=validate.Length(max=10000))
+    type = fields.String(required=True, validate=validate.OneOf(["financial", "non_financial"]))
+    amount = fields.Decimal(places=2, as_string=True, allow_nan=False, validate=validate.Range(min=0),
+                            load_default=None, allow_none=True)
+    currency = fields.String(load_default=None, allow_none=True, validate=CURRENCY)
+    due_date = fields.Date(load_default=None, allow_none=True)
+
+
+class MilestoneOut(Schema):
+    id = fields.Integer()
+    contract_id = fields.Integer()
+    account_id = fields.Integer()
+    code = fields.String()
+    description = fields.String()
+    type = fields.String()
+    amount = fields.Decimal(places=2, as_string=True, allow_none=True)
+    currency = fields.String()
+    due_date = fields.Date(allow_none=True)
+    status = fields.String()
+    round = fields.Integer()
+    version = fields.Integer()
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class MilestonePage(PageMeta):
+    items = fields.List(fields.Nested(MilestoneOut))
+
+
+class MilestoneListArgs(PageArgs):
+    contract_id = fields.Integer(load_default=None)
+    status = fields.String(load_default=None)
+    type = fields.String(load_default=None, validate=validate.OneOf(["financial", "non_financial"]))
+
+
+# --------------------------------------------------------------------------- tasks
+class TaskOut(Schema):
+    id = fields.String()
+    milestone_id = fields.Integer(allow_none=True)
+    instance_id = fields.Integer()
+    process_id = fields.String()
+    bpmn_id = fields.String()
+    name = fields.String()
+    lane = fields.String(allow_none=True)
+    documentation = fields.String(allow_none=True)
+    status = fields.String()
+    candidate_groups = fields.Method("_groups")
+    candidate_users = fields.Method("_users")
+    assignee = fields.Method("_assignee")
+    due_at = fields.DateTime(allow_none=True)
+    created_at = fields.DateTime()
+    completed_at = fields.DateTime(allow_none=True)
+    decision = fields.String(allow_none=True)
+    comment = fields.String(allow_none=True)
+
+    def _groups(self, task):  # type: ignore[no-untyped-def]
+        return sorted(c.name for c in task.candidates if c.kind == "group")
+
+    def _users(self, task):  # type: ignore[no-untyped-def]
+        return sorted(c.name for c in task.candidates if c.kind == "user")
+
+    def _assignee(self, task):  # type: ignore[no-untyped-def]
+        return task.assignee.username if task.assignee is not None else None
+
+
+class TaskPage(PageMeta):
+    items = fields.List(fields.Nested(TaskOut))
+
+
+class TaskListArgs(PageArgs):
+    state = fields.String(load_default="open", validate=validate.OneOf(["open", "completed", "cancelled", "any"]))
+    group = fields.String(load_default=None)
+    milestone_id = fields.Integer(load_default=None)
+
+
+class CompletionIn(Strict):
+    decision = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(["approve", "decline"]))
+    comment = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=5000))
+    data = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=100)), load_default=None,
+                       allow_none=True)
+
+
+class SubmissionOut(Schema):
+    milestone = fields.Nested(MilestoneOut)
+    instance_id = fields.Integer()
+    round = fields.Integer()
+    resumed = fields.Boolean()
+    open_tasks = fields.List(fields.Nested(TaskOut))
+
+
+class AuditOut(Schema):
+    id = fields.Integer()
+    at = fields.DateTime()
+    actor = fields.Method("_actor")
+    action = fields.String()
+    entity_type = fields.String()
+    entity_id = fields.String()
+    before = fields.Raw(allow_none=True)
+    after = fields.Raw(allow_none=True)
+    request_id = fields.String(allow_none=True)
+
+    def _actor(self, event):  # type: ignore[no-untyped-def]
+        return event.actor.username if event.actor is not None else None
+
+
+class ReleaseOut(Schema):
+    id = fields.Integer()
+    amount = fields.Decimal(places=2, as_string=True)
+    currency = fields.String()
+    round = fields.Integer()
+    task_id = fields.String()
+    released_at = fields.DateTime()
+
+
+class MilestoneDetail(MilestoneOut):
+    open_tasks = fields.List(fields.Nested(TaskOut))
+    decisions = fields.List(fields.Nested(TaskOut))
+    history = fields.List(fields.Nested(AuditOut))
+    release = fields.Nested(ReleaseOut, allow_none=True)

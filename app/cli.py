@@ -1,0 +1,196 @@
+"""The `milestones` command: serve, migrate, deploy, users, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import Settings
+
+
+def _state(settings: Settings | None = None) -> Any:
+    from .api.context import AppState
+    from .db import make_engine, make_session_factory
+    from .services.runtime import DeploymentCache
+
+    settings = settings or Settings.from_env()
+    engine = make_engine(settings.database_url)
+    return AppState(settings=settings, engine=engine, session_factory=make_session_factory(engine),
+                    deployments=DeploymentCache())
+
+
+def prepare_database(state: Any) -> None:
+    """Migrate the schema and deploy the bundled diagrams when their content is new."""
+    from . import migrate
+    from .services.runtime import deploy_directories
+    from .uow import UnitOfWork
+
+    migrate.upgrade(state.engine)
+    with UnitOfWork(state.session_factory) as uow:
+        record, created = deploy_directories(uow, state.deployments, state.settings.bpmn_dirs)
+    click.echo(f"deployment v{record.version} {record.hash[:12]} ({'new' if created else 'current'})", err=True)
+
+
+@click.group()
+def main() -> None:
+    """Contract Milestones: milestones approved through BPMN/DMN workflows."""
+
+
+# --------------------------------------------------------------------------- serve
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per worker")
+@click.option("--demo", is_flag=True, help="load the demo data (and print its tokens) before serving")
+def serve(host: str, port: int, workers: int, threads: int, demo: bool) -> None:
+    """Run the API with gunicorn (SQLite in ./instance unless DATABASE_URL is set); migrates first."""
+    state = _state()
+    prepare_database(state)
+    if demo:
+        _load_demo(state)
+    click.echo(f"database: {state.engine.url.render_as_string(hide_password=True)}", err=True)
+    click.echo(f"serving on http://{host}:{port}/api/v1 (docs: http://{host}:{port}/api/v1/docs)", err=True)
+    state.engine.dispose()
+    run_gunicorn(host, port, workers, threads)
+
+
+def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
+            self.cfg.set("accesslog", "-")
+            self.cfg.set("graceful_timeout", 10)
+
+        def load(self) -> Any:
+            from . import create_app
+
+            return create_app()
+
+    Server().run()
+
+
+# --------------------------------------------------------------------------- db
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration (idempotent)."""
+    from . import migrate
+
+    state = _state()
+    migrate.upgrade(state.engine)
+    click.echo(f"database at revision {migrate.current(state.engine)}")
+
+
+# --------------------------------------------------------------------------- deploy
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+def deploy(paths: tuple[Path, ...]) -> None:
+    """Deploy .bpmn/.dmn files (default: the bundled bpmn/ and dmn/) as a new version if changed."""
+    from workflows import DeploymentError
+
+    from .services.runtime import deploy as deploy_files
+    from .uow import UnitOfWork
+
+    state = _state()
+    files: dict[str, bytes] = {}
+    for path in paths or tuple(state.settings.bpmn_dirs):
+        candidates = sorted(path.glob("*")) if path.is_dir() else [path]
+        files.update({p.name: p.read_bytes() for p in candidates if p.suffix in (".bpmn", ".dmn")})
+    try:
+        with UnitOfWork(state.session_factory) as uow:
+            record, created = deploy_files(uow, state.deployments, files)
+            uow.commit()
+    except DeploymentError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem.file or '-'}:{problem.line or '-'} [{problem.element_id or '-'}] "
+                       f"{problem.message}", err=True)
+        sys.exit(1)
+    click.echo(f"deployment v{record.version} {record.hash} ({'new' if created else 'unchanged'})")
+
+
+# --------------------------------------------------------------------------- users
+@main.group()
+def users() -> None:
+    """Users and their tokens."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.option("--group", "groups", multiple=True, help="approval group (repeatable); created if missing")
+@click.option("--admin", is_flag=True)
+def users_create(name: str, groups: tuple[str, ...], admin: bool) -> None:
+    """Create a user and print a bearer token for it (shown once)."""
+    from .errors import DomainError
+    from .services import identity
+    from .uow import UnitOfWork
+
+    state = _state()
+    try:
+        with UnitOfWork(state.session_factory) as uow:
+            user = identity.create_user(uow, name, list(groups), is_admin=admin)
+            token = identity.issue_token(uow, user)
+            uow.commit()
+    except DomainError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+    click.echo(token)
+
+
+@users.command("token")
+@click.argument("name")
+def users_token(name: str) -> None:
+    """Issue a new bearer token for an existing user."""
+    from .errors import DomainError
+    from .services import identity
+    from .uow import UnitOfWork
+
+    state = _state()
+    try:
+        with UnitOfWork(state.session_factory) as uow:
+            token = identity.issue_token(uow, identity.get_user(uow, name))
+            uow.commit()
+    except DomainError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+    click.echo(token)
+
+
+# --------------------------------------------------------------------------- demo
+@main.command()
+def demo() -> None:
+    """Load the demo (accounts, contracts, milestones, groups, users) and print fresh tokens."""
+    state = _state()
+    prepare_database(state)
+    _load_demo(state)
+
+
+def _load_demo(state: Any) -> None:
+    from .services.demo import load_demo
+    from .uow import UnitOfWork
+
+    with UnitOfWork(state.session_factory) as uow:
+        tokens = load_demo(uow)
+    env_file = state.settings.instance_dir / "demo-tokens.env"
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.write_text("".join(f"{name.upper()}_TOKEN={token}\n" for name, token in tokens.items()))
+    env_file.chmod(0o600)
+    click.echo("demo users (tokens also in " + str(env_file) + "):", err=True)
+    for name, token in tokens.items():
+        click.echo(f"  {name:8} {token}", err=True)
+
+
+if __name__ == "__main__":
+    main()

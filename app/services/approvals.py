@@ -1,0 +1,315 @@
+"""Submitting milestones and working approval tasks: submit, claim, unclaim, complete, inbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import exists, or_, select, update
+
+from workflows import ExecutionError, TaskNotFound, TaskNotReady
+
+from ..errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
+from ..models import AuditEvent, FundRelease, HumanTaskRow, Milestone, TaskCandidate, User, WorkflowInstance, utcnow
+from ..uow import UnitOfWork
+from . import audit
+from .identity import group_names
+from .records import Page, paginate
+from .runtime import DeploymentCache, LoadedInstance, execution_failure, load_instance, start_instance
+
+DECISIONS = ("approve", "decline")
+
+
+@dataclass
+class Submission:
+    milestone: Milestone
+    instance_id: int
+    round: int
+    resumed: bool
+    open_tasks: list[HumanTaskRow]
+
+
+# --------------------------------------------------------------------------- visibility
+def _visible_clause(user: User, groups: list[str]) -> Any:
+    """SQL for "this user may see this task": a candidate (group or user) or the assignee."""
+    candidate = exists().where(
+        TaskCandidate.task_id == HumanTaskRow.id,
+        or_(
+            (TaskCandidate.kind == "group") & TaskCandidate.name.in_(groups or [""]),
+            (TaskCandidate.kind == "user") & (TaskCandidate.name == user.username),
+        ),
+    )
+    return or_(candidate, HumanTaskRow.assignee_id == user.id)
+
+
+def _is_candidate(task: HumanTaskRow, user: User, groups: list[str]) -> bool:
+    if task.assignee_id == user.id:
+        return True
+    for c in task.candidates:
+        if (c.kind == "group" and c.name in groups) or (c.kind == "user" and c.name == user.username):
+            return True
+    return False
+
+
+def _task_for(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
+    task = uow.s.get(HumanTaskRow, task_id)
+    # Someone who may not see a task learns nothing about it, not even that it exists.
+    if task is None or not _is_candidate(task, user, group_names(uow, user.id)):
+        raise NotFound(f"no task {task_id}")
+    return task
+
+
+def _check_segregation(uow: UnitOfWork, user: User, task: HumanTaskRow) -> None:
+    """The submitter of a milestone acts only on tasks addressed to them by name (e.g. rework)."""
+    if task.milestone_id is None:
+        return
+    milestone = uow.s.get(Milestone, task.milestone_id)
+    if milestone is None or milestone.submitted_by_id != user.id:
+        return
+    if any(c.kind == "user" and c.name == user.username for c in task.candidates):
+        return
+    raise Forbidden(
+        f"{user.username} submitted milestone {milestone.code} and so cannot review or approve it "
+        "(segregation of duties)", task_id=task.id, milestone_id=milestone.id,
+    )
+
+
+# --------------------------------------------------------------------------- inbox
+def list_tasks(uow: UnitOfWork, user: User, *, page: int, page_size: int, status: str | None = "open",
+               group: str | None = None, milestone_id: int | None = None) -> Page:
+    """The caller's candidate tasks, from the projection only (no workflow state is read)."""
+    groups = group_names(uow, user.id)
+    stmt = select(HumanTaskRow).where(_visible_clause(user, groups))
+    if status:
+        stmt = stmt.where(HumanTaskRow.status == status)
+    if group:
+        stmt = stmt.where(exists().where(TaskCandidate.task_id == HumanTaskRow.id, TaskCandidate.kind == "group",
+                                         TaskCandidate.name == group))
+    if milestone_id is not None:
+        stmt = stmt.where(HumanTaskRow.milestone_id == milestone_id)
+    stmt = stmt.order_by(HumanTaskRow.created_at, HumanTaskRow.id)
+    return paginate(uow, stmt, page, page_size)
+
+
+def get_task(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
+    return _task_for(uow, user, task_id)
+
+
+# --------------------------------------------------------------------------- claim
+def claim_task(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
+    """Make the caller the task's assignee. Conflict if it is closed or someone else holds it."""
+    task = _task_for(uow, user, task_id)
+    _check_segregation(uow, user, task)
+    if task.status != "open":
+        raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
+    # A conditional UPDATE, not read-then-write: two simultaneous claims cannot both win.
+    result = uow.s.execute(
+        update(HumanTaskRow)
+        .where(HumanTaskRow.id == task_id, HumanTaskRow.status == "open",
+               or_(HumanTaskRow.assignee_id.is_(None), HumanTaskRow.assignee_id == user.id))
+        .values(assignee_id=user.id)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        uow.s.refresh(task)
+        holder = task.assignee.username if task.assignee else "someone else"
+        raise Conflict(f"task {task_id} is claimed by {holder}", assignee=holder)
+    audit.record(uow, "task.claimed", "task", task_id, after={"assignee": user.username})
+    uow.commit()
+    uow.s.refresh(task)
+    return task
+
+
+def unclaim_task(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
+    task = _task_for(uow, user, task_id)
+    if task.status != "open":
+        raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
+    if task.assignee_id is None:
+        return task
+    if task.assignee_id != user.id:
+        raise Conflict(f"task {task_id} is claimed by {task.assignee.username if task.assignee else 'someone else'}")
+    result = uow.s.execute(
+        update(HumanTaskRow).where(HumanTaskRow.id == task_id, HumanTaskRow.assignee_id == user.id,
+                                   HumanTaskRow.status == "open")
+        .values(assignee_id=None).execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise Conflict(f"task {task_id} changed meanwhile; reload and retry")
+    audit.record(uow, "task.unclaimed", "task", task_id, before={"assignee": user.username})
+    uow.commit()
+    uow.s.refresh(task)
+    return task
+
+
+# --------------------------------------------------------------------------- complete
+def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: str, *,
+                  decision: str | None = None, comment: str | None = None,
+                  data: dict[str, Any] | None = None) -> HumanTaskRow:
+    """Complete a task and run the workflow until it waits again, in one transaction.
+
+    Raises NotFound (not the caller's task), Forbidden (segregation of duties), ValidationFailed
+    (missing decision or decline reason), Conflict (already completed, claimed by someone else,
+    or a concurrent completion won) and WorkflowFailure.
+    """
+    task = _task_for(uow, user, task_id)
+    _check_segregation(uow, user, task)
+    if task.status != "open":
+        raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
+    if task.assignee_id is not None and task.assignee_id != user.id:
+        holder = task.assignee.username if task.assignee else "someone else"
+        raise Conflict(f"task {task_id} is claimed by {holder}", assignee=holder)
+    is_group_task = any(c.kind == "group" for c in task.candidates)
+    errors: dict[str, list[str]] = {}
+    if is_group_task and decision is None:
+        errors["decision"] = ["required: approve or decline"]
+    if decision == "decline" and not (comment or "").strip():
+        errors["comment"] = ["a decline needs a reason"]
+    if errors:
+        raise ValidationFailed("the completion is incomplete", errors)
+
+    loaded = load_instance(uow, cache, task.instance_id)
+    payload: dict[str, Any] = {"completed_by": user.username}
+    if decision is not None:
+        payload["decision"] = decision
+    if comment is not None:
+        payload["comment"] = comment
+    if data:
+        payload["form"] = data  # namespaced: a form can never overwrite routing or identity keys
+    _run_completion(loaded, task_id, payload)
+    task.status = "completed"
+    task.completed_at = utcnow()
+    task.completed_by_id = user.id
+    task.decision = decision
+    task.comment = comment
+    task.assignee_id = task.assignee_id or user.id
+    loaded.save()
+    audit.record(uow, "task.completed", "task", task_id,
+                 after={"decision": decision, "comment": comment, "bpmn_id": task.bpmn_id,
+                        "milestone_id": task.milestone_id, "by": user.username})
+    _maybe_start_next_round(uow, cache, loaded)
+    uow.commit()
+    uow.s.refresh(task)
+    return task
+
+
+def _run_completion(loaded: LoadedInstance, task_id: str, payload: dict[str, Any]) -> None:
+    try:
+        loaded.instance.complete(task_id, payload)
+    except (TaskNotFound, TaskNotReady) as exc:
+        # The projection said open but the state disagrees: someone else got there first.
+        raise Conflict(f"task {task_id} can no longer be completed: {exc}") from exc
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), {"data": [str(exc)]}) from exc
+    except ExecutionError as exc:
+        raise execution_failure(exc) from exc
+
+
+# --------------------------------------------------------------------------- submit
+def submit_milestone(uow: UnitOfWork, cache: DeploymentCache, user: User, milestone_id: int) -> Submission:
+    """Start the approval workflow for a draft milestone, or resume a declined one.
+
+    A declined milestone waits in its submitter's rework task; submitting again completes that
+    task, which ends the round, and a new instance runs the next round (bounded task trees).
+    Raises NotFound, Forbidden (someone other than the submitter resubmits), InvalidTransition.
+    """
+    milestone = uow.s.get(Milestone, milestone_id)
+    if milestone is None:
+        raise NotFound(f"no milestone {milestone_id}")
+    running = uow.s.scalar(
+        select(WorkflowInstance).where(WorkflowInstance.milestone_id == milestone.id,
+                                       WorkflowInstance.status == "running")
+        .order_by(WorkflowInstance.round.desc()).limit(1)
+    )
+    if running is not None:
+        rework = uow.s.scalar(select(HumanTaskRow).where(
+            HumanTaskRow.instance_id == running.id, HumanTaskRow.status == "open",
+            exists().where(TaskCandidate.task_id == HumanTaskRow.id, TaskCandidate.kind == "user"),
+        ))
+        if rework is None:
+            raise InvalidTransition(
+                f"milestone {milestone.code} is {milestone.status} and already in review (round {milestone.round})",
+                current=milestone.status, allowed=[],
+            )
+        if not any(c.kind == "user" and c.name == user.username for c in rework.candidates):
+            raise Forbidden(f"only the submitter of milestone {milestone.code} can resubmit it")
+        complete_task(uow, cache, user, rework.id, comment="resubmitted")
+        latest = uow.s.scalar(select(WorkflowInstance).where(WorkflowInstance.milestone_id == milestone.id)
+                              .order_by(WorkflowInstance.round.desc()).limit(1))
+        assert latest is not None
+        return Submission(milestone, latest.id, latest.round, True, _open_tasks(uow, latest.id))
+    if milestone.status != "draft":
+        raise InvalidTransition(
+            f"milestone {milestone.code} is {milestone.status}; only a draft milestone can be submitted",
+            current=milestone.status, allowed=["submitted"] if milestone.status == "draft" else [],
+        )
+    milestone.submitted_by_id = user.id
+    loaded = _start_round(uow, cache, milestone, user)
+    uow.commit()
+    return Submission(milestone, loaded.row.id, loaded.row.round, False, _open_tasks(uow, loaded.row.id))
+
+
+def _start_round(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone, submitter: User) -> LoadedInstance:
+    milestone.round = milestone.round + 1
+    data = {
+        "milestone_id": milestone.id,
+        "milestone_code": milestone.code,
+        "milestone_type": milestone.type,
+        "amount": milestone.amount if milestone.amount is not None else Decimal("0"),
+        "currency": milestone.currency,
+        "submitted_by": submitter.username,
+        "round": milestone.round,
+    }
+    audit.record(uow, "milestone.submitted", "milestone", milestone.id,
+                 after={"round": milestone.round, "by": submitter.username})
+    loaded = start_instance(uow, cache, milestone, data)
+    loaded.save()
+    return loaded
+
+
+def _maybe_start_next_round(uow: UnitOfWork, cache: DeploymentCache, loaded: LoadedInstance) -> None:
+    if not loaded.services.next_round_requested:
+        return
+    milestone = loaded.services.milestone
+    assert milestone is not None and milestone.submitted_by_id is not None
+    submitter = uow.s.get(User, milestone.submitted_by_id)
+    assert submitter is not None
+    _start_round(uow, cache, milestone, submitter)
+
+
+def _open_tasks(uow: UnitOfWork, instance_id: int) -> list[HumanTaskRow]:
+    return list(uow.s.scalars(select(HumanTaskRow).where(HumanTaskRow.instance_id == instance_id,
+                                                         HumanTaskRow.status == "open")))
+
+
+# --------------------------------------------------------------------------- milestone view
+@dataclass
+class MilestoneView:
+    milestone: Milestone
+    open_tasks: list[HumanTaskRow]
+    history: list[AuditEvent]
+    decisions: list[HumanTaskRow]
+    release: FundRelease | None
+
+
+def milestone_view(uow: UnitOfWork, milestone_id: int) -> MilestoneView:
+    milestone = uow.s.get(Milestone, milestone_id)
+    if milestone is None:
+        raise NotFound(f"no milestone {milestone_id}")
+    task_ids = select(HumanTaskRow.id).where(HumanTaskRow.milestone_id == milestone_id)
+    history = list(uow.s.scalars(
+        select(AuditEvent).where(or_(
+            (AuditEvent.entity_type == "milestone") & (AuditEvent.entity_id == str(milestone_id)),
+            (AuditEvent.entity_type == "task") & AuditEvent.entity_id.in_(task_ids),
+        )).order_by(AuditEvent.id)
+    ))
+    tasks = list(uow.s.scalars(select(HumanTaskRow).where(HumanTaskRow.milestone_id == milestone_id)
+                               .order_by(HumanTaskRow.created_at)))
+    release = uow.s.scalar(select(FundRelease).where(FundRelease.milestone_id == milestone_id))
+    return MilestoneView(
+        milestone=milestone,
+        open_tasks=[t for t in tasks if t.status == "open"],
+        history=history,
+        decisions=[t for t in tasks if t.status == "completed"],
+        release=release,
+    )

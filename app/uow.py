@@ -1,0 +1,103 @@
+"""Unit of work: one database transaction per command.
+
+Services receive a UnitOfWork, do their work and call `commit()` once; leaving the `with`
+block without a commit rolls everything back. Optimistic-lock and uniqueness failures at
+commit become `Conflict`, so a lost race is a 409 for a caller, or a retry for a worker.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
+
+from .errors import Conflict
+
+
+class UnitOfWork:
+    def __init__(self, session_factory: sessionmaker[Session], *, actor_id: int | None = None,
+                 request_id: str | None = None):
+        self._factory = session_factory
+        self.actor_id = actor_id
+        self.request_id = request_id
+        self.session: Session | None = None
+        # When set (idempotent HTTP requests), commit() only flushes and the request layer makes
+        # the real commit after it has stored the response in the same transaction.
+        self.defer_commit = False
+        self.committed = False
+        # Request-scoped units stay open until the response is serialized; teardown closes them.
+        self.close_on_exit = True
+        self._after_commit: list[Any] = []
+
+    def __enter__(self) -> UnitOfWork:
+        if self.session is None:
+            self.session = self._factory()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None and self.session is not None:
+            self.session.rollback()
+        if self.close_on_exit:
+            self.close()
+
+    @property
+    def s(self) -> Session:
+        if self.session is None:
+            self.session = self._factory()
+        return self.session
+
+    def after_commit(self, callback: Any) -> None:
+        """Run `callback()` once the transaction has really committed (e.g. ring a doorbell)."""
+        self._after_commit.append(callback)
+
+    def flush(self) -> None:
+        try:
+            self.s.flush()
+        except StaleDataError as exc:
+            raise Conflict("the record was changed by someone else; reload and retry") from exc
+        except IntegrityError as exc:
+            raise Conflict(f"conflicting write: {_short(exc)}") from exc
+
+    def commit(self) -> None:
+        if self.defer_commit:
+            self.flush()
+            self.committed = True
+            return
+        self.commit_now()
+
+    def commit_now(self) -> None:
+        try:
+            self.s.commit()
+        except StaleDataError as exc:
+            self.s.rollback()
+            raise Conflict("the record was changed by someone else; reload and retry") from exc
+        except IntegrityError as exc:
+            self.s.rollback()
+            raise Conflict(f"conflicting write: {_short(exc)}") from exc
+        except OperationalError as exc:
+            self.s.rollback()
+            if "locked" in str(exc).lower():
+                raise Conflict("the database is busy with a conflicting write; retry") from exc
+            raise
+        self.committed = True
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def rollback(self) -> None:
+        if self.session is not None:
+            self.session.rollback()
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.rollback()
+            self.session.close()
+            self.session = None
+
+
+def _short(exc: Exception) -> str:
+    return str(getattr(exc, "orig", exc)).splitlines()[0][:200]

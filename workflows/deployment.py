@@ -1,0 +1,285 @@
+"""A deployment: one content-hashed bundle of `.bpmn` and `.dmn` files, parsed once.
+
+Parsing costs milliseconds, so a process keeps every deployment it has loaded in a cache
+keyed by hash; instances only ever store their own state plus that hash.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from lxml import etree
+from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
+from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
+from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
+from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
+from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
+
+from .errors import DeploymentError, Problem
+
+BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
+CAMUNDA_NS = "http://camunda.org/schema/1.0/bpmn"
+# The serializer format SpiffWorkflow 3.2.0 writes; stored with every instance so an upgrade
+# can tell which blobs need migrating.
+SERIALIZER_VERSION = "spiff-3.2.0/state-only-1"
+MAX_FILE_BYTES = 2 * 1024 * 1024
+
+_EXPRESSION_ATTRS = ("candidateGroups", "candidateUsers", "dueDate", "assignee")
+
+
+@dataclass(frozen=True)
+class TaskMeta:
+    """What the XML says about a user task beyond what SpiffWorkflow keeps."""
+
+    candidate_groups: str | None = None
+    candidate_users: str | None = None
+    due_date: str | None = None
+    assignee: str | None = None
+    form_key: str | None = None
+    line: int | None = None
+
+
+def safe_parse_xml(content: bytes, filename: str) -> etree._Element:
+    """Parse XML with DTDs, entities and network access disabled.
+
+    Raises DeploymentError for anything that is not plain, well-formed XML under the size cap.
+    """
+    if len(content) > MAX_FILE_BYTES:
+        raise DeploymentError([Problem(f"file is larger than {MAX_FILE_BYTES} bytes", file=filename)])
+    parser = etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False
+    )
+    try:
+        root = etree.fromstring(content, parser)
+    except etree.XMLSyntaxError as exc:
+        line = exc.position[0] if exc.position else None
+        raise DeploymentError([Problem(f"not well-formed XML: {exc.msg}", file=filename, line=line)]) from exc
+    tree = root.getroottree()
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise DeploymentError([Problem("a DOCTYPE is not allowed", file=filename, line=1)])
+    return root
+
+
+def content_hash(files: dict[str, bytes]) -> str:
+    """Hash of the bundle: names and contents, independent of the order they were given in."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode())
+        digest.update(b"\0")
+        digest.update(hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
+class _Serializers(threading.local):
+    """SpiffWorkflow's registry toggles a shared flag while encoding: one serializer per thread."""
+
+    serializer: BpmnWorkflowSerializer | None = None
+
+
+class Deployment:
+    """A parsed bundle. Build with `Deployment.from_files`; it is immutable afterwards."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = dict(files)
+        self.hash = content_hash(self.files)
+        self.process_files: dict[str, str] = {}
+        self.process_names: dict[str, str] = {}
+        self.executable: list[str] = []
+        self.task_meta: dict[tuple[str, str], TaskMeta] = {}
+        self._specs: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._serializers = _Serializers()
+        self._parse()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> Deployment:
+        return cls(files)
+
+    @classmethod
+    def from_directories(cls, *dirs: Path | str) -> Deployment:
+        files: dict[str, bytes] = {}
+        for directory in dirs:
+            for path in sorted(Path(directory).glob("*")):
+                if path.suffix in (".bpmn", ".dmn") and path.is_file():
+                    files[path.name] = path.read_bytes()
+        if not files:
+            raise DeploymentError([Problem(f"no .bpmn or .dmn files in {', '.join(map(str, dirs))}")])
+        return cls(files)
+
+    def _parse(self) -> None:
+        problems: list[Problem] = []
+        parser = SpiffBpmnParser(validator=VALIDATOR)
+        roots: dict[str, etree._Element] = {}
+        for name, content in sorted(self.files.items()):
+            if not name.endswith((".bpmn", ".dmn")):
+                problems.append(Problem("only .bpmn and .dmn files can be deployed", file=name))
+                continue
+            try:
+                roots[name] = safe_parse_xml(content, name)
+            except DeploymentError as exc:
+                problems.extend(exc.problems)
+        # DMN first: business rule tasks are resolved against them when specs are built.
+        for name in sorted(roots, key=lambda n: (not n.endswith(".dmn"), n)):
+            try:
+                if name.endswith(".dmn"):
+                    parser.add_dmn_xml(roots[name], filename=name)
+                else:
+                    parser.add_bpmn_xml(roots[name], filename=name)
+                    self._scan_bpmn(name, roots[name])
+            except ValidationException as exc:
+                problems.append(_problem_from_validation(exc, name))
+            except Exception as exc:  # SpiffWorkflow raises raw AttributeError/ValueError on bad input
+                problems.append(Problem(f"{type(exc).__name__}: {exc}", file=name))
+            else:
+                problems.extend(_check_expressions(name, roots[name]))
+        if not problems:
+            for process_id in self.executable:
+                try:
+                    spec = parser.get_spec(process_id)
+                    subprocess_specs = parser.get_subprocess_specs(process_id)
+                except ValidationException as exc:
+                    problems.append(_problem_from_validation(exc, self.process_files.get(process_id)))
+                except Exception as exc:
+                    problems.append(Problem(f"{type(exc).__name__}: {exc}", file=self.process_files.get(process_id)))
+                else:
+                    self._specs[process_id] = (spec, subprocess_specs)
+        if problems:
+            raise DeploymentError(problems)
+
+    def _scan_bpmn(self, filename: str, root: etree._Element) -> None:
+        for process in root.iter(f"{{{BPMN_NS}}}process"):
+            pid = process.get("id")
+            if pid in self.process_files:
+                raise DeploymentError(
+                    [Problem(f"duplicate process id {pid!r} (also in {self.process_files[pid]})", file=filename,
+                             element_id=pid, line=process.sourceline)]
+                )
+            self.process_files[pid] = filename
+            self.process_names[pid] = process.get("name") or pid
+            if process.get("isExecutable", "false") == "true":
+                self.executable.append(pid)
+            for task in process.iter(f"{{{BPMN_NS}}}userTask"):
+                self.task_meta[(pid, task.get("id"))] = TaskMeta(
+                    candidate_groups=task.get(f"{{{CAMUNDA_NS}}}candidateGroups"),
+                    candidate_users=task.get(f"{{{CAMUNDA_NS}}}candidateUsers"),
+                    due_date=task.get(f"{{{CAMUNDA_NS}}}dueDate"),
+                    assignee=task.get(f"{{{CAMUNDA_NS}}}assignee"),
+                    form_key=task.get(f"{{{CAMUNDA_NS}}}formKey"),
+                    line=task.sourceline,
+                )
+
+    # ------------------------------------------------------------------ specs
+    def spec(self, process_id: str) -> tuple[Any, dict[str, Any]]:
+        try:
+            return self._specs[process_id]
+        except KeyError:
+            raise DeploymentError(
+                [Problem(f"no executable process {process_id!r} in deployment {self.hash[:12]}")]
+            ) from None
+
+    def file_of(self, process_id: str | None) -> str | None:
+        return self.process_files.get(process_id or "")
+
+    def meta_for(self, top_process_id: str, bpmn_id: str) -> TaskMeta:
+        meta = self.task_meta.get((top_process_id, bpmn_id))
+        if meta is None:
+            for (_pid, tid), candidate in self.task_meta.items():
+                if tid == bpmn_id:
+                    return candidate
+            return TaskMeta()
+        return meta
+
+    # ------------------------------------------------------------------ state
+    @property
+    def serializer(self) -> BpmnWorkflowSerializer:
+        serializer = self._serializers.serializer
+        if serializer is None:
+            serializer = _state_only_serializer(self)
+            self._serializers.serializer = serializer
+        return serializer
+
+
+def _state_only_serializer(deployment: Deployment) -> BpmnWorkflowSerializer:
+    class StateOnlyConverter(BpmnWorkflowConverter):
+        """Writes the instance's tasks and data only; specs come from the deployment on restore."""
+
+        def to_dict(self, workflow: BpmnWorkflow) -> dict[str, Any]:
+            dct = WorkflowConverter.to_dict(self, workflow)
+            dct["spec"] = workflow.spec.name
+            dct["subprocesses"] = self.mapping_to_dict(workflow.subprocesses)
+            dct["bpmn_events"] = self.registry.convert(workflow.bpmn_events)
+            return dct
+
+        def from_dict(self, dct: dict[str, Any]) -> BpmnWorkflow:
+            spec, subprocess_specs = deployment.spec(dct.pop("spec"))
+            workflow = self.target_class(spec, subprocess_specs, deserializing=True)
+            workflow.tasks = self.mapping_from_dict(dct["tasks"], UUID, workflow=workflow)
+            workflow.task_tree = workflow.tasks.get(UUID(dct["root"]))
+            self.set_default_attributes(workflow, dct)
+            self.subprocesses_from_dict(dct["subprocesses"], workflow)
+            workflow.bpmn_events = self.registry.restore(dct.pop("bpmn_events", []))
+            return workflow
+
+    config = dict(SPIFF_CONFIG)
+    config[BpmnWorkflow] = StateOnlyConverter
+    registry = BpmnWorkflowSerializer.configure(config)
+    # Money travels through task data; SpiffWorkflow has no Decimal converter of its own.
+    registry.register(Decimal, lambda d: {"value": str(d)}, lambda d: Decimal(d["value"]))
+    return BpmnWorkflowSerializer(registry)
+
+
+def _problem_from_validation(exc: ValidationException, default_file: str | None) -> Problem:
+    line = getattr(exc, "line_number", None)
+    message = str(exc.args[0]) if exc.args else str(exc)
+    return Problem(
+        message=message,
+        file=getattr(exc, "file_name", None) or default_file,
+        element_id=getattr(exc, "id", None) or None,
+        line=line if isinstance(line, int) else None,
+    )
+
+
+_PLACEHOLDER = re.compile(r"^\$\{(.+)\}$")
+
+
+def _check_expressions(filename: str, root: etree._Element) -> list[Problem]:
+    """SpiffWorkflow only finds syntax errors in expressions when it runs them: find them now."""
+    problems: list[Problem] = []
+
+    def check(source: str | None, mode: str, element: etree._Element, what: str) -> None:
+        if source is None or not source.strip():
+            return
+        try:
+            ast.parse(source.strip(), mode=mode)
+        except SyntaxError as exc:
+            owner = element
+            while owner is not None and owner.get("id") is None:
+                owner = owner.getparent()
+            problems.append(Problem(
+                f"{what} does not compile: {exc.msg}", file=filename,
+                element_id=owner.get("id") if owner is not None else None, line=element.sourceline,
+            ))
+
+    if filename.endswith(".bpmn"):
+        for el in root.iter(f"{{{BPMN_NS}}}script"):
+            check(el.text, "exec", el, "script")
+        for tag in ("conditionExpression", "timeDuration", "timeDate", "timeCycle", "completionCondition",
+                    "loopCardinality"):
+            for el in root.iter(f"{{{BPMN_NS}}}{tag}"):
+                check(el.text, "eval", el, tag)
+        for el in root.iter(f"{{{BPMN_NS}}}userTask"):
+            for attr in _EXPRESSION_ATTRS:
+                value = el.get(f"{{{CAMUNDA_NS}}}{attr}")
+                match = _PLACEHOLDER.match(value or "")
+                if match:
+                    check(match.group(1), "eval", el, f"camunda:{attr}")
+    return problems
