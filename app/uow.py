@@ -57,10 +57,11 @@ class UnitOfWork:
     def flush(self) -> None:
         try:
             self.s.flush()
-        except StaleDataError as exc:
-            raise Conflict("the record was changed by someone else; reload and retry") from exc
-        except IntegrityError as exc:
-            raise Conflict(f"conflicting write: {_short(exc)}") from exc
+        except (StaleDataError, IntegrityError, OperationalError) as exc:
+            conflict = as_conflict(exc)
+            if conflict is None:
+                raise
+            raise conflict from exc
 
     def commit(self) -> None:
         if self.defer_commit:
@@ -72,17 +73,12 @@ class UnitOfWork:
     def commit_now(self) -> None:
         try:
             self.s.commit()
-        except StaleDataError as exc:
+        except (StaleDataError, IntegrityError, OperationalError) as exc:
             self.s.rollback()
-            raise Conflict("the record was changed by someone else; reload and retry") from exc
-        except IntegrityError as exc:
-            self.s.rollback()
-            raise Conflict(f"conflicting write: {_short(exc)}") from exc
-        except OperationalError as exc:
-            self.s.rollback()
-            if "locked" in str(exc).lower():
-                raise Conflict("the database is busy with a conflicting write; retry") from exc
-            raise
+            conflict = as_conflict(exc)
+            if conflict is None:
+                raise
+            raise conflict from exc
         self.committed = True
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
@@ -97,6 +93,19 @@ class UnitOfWork:
             self.session.rollback()
             self.session.close()
             self.session = None
+
+
+def as_conflict(exc: BaseException) -> Conflict | None:
+    """The Conflict a lost race amounts to, or None when `exc` is not a lost race."""
+    if isinstance(exc, Conflict):
+        return exc
+    if isinstance(exc, StaleDataError):
+        return Conflict("the record was changed by someone else; reload and retry")
+    if isinstance(exc, IntegrityError):
+        return Conflict(f"conflicting write: {_short(exc)}")
+    if isinstance(exc, OperationalError) and "locked" in str(exc).lower():
+        return Conflict("the database is busy with a conflicting write; retry")
+    return None
 
 
 def _short(exc: Exception) -> str:

@@ -9,6 +9,7 @@ from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import DomainError, Unauthenticated, ValidationFailed
+from ..uow import as_conflict
 
 log = logging.getLogger(__name__)
 PROBLEM_TYPE_BASE = "https://contract-milestones.dev/problems/"
@@ -70,5 +71,8 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
             return _from_http(exc)
+        conflict = as_conflict(exc)  # a lost race surfacing from an autoflush inside a service
+        if conflict is not None:
+            return _from_domain(conflict)
         log.exception("unhandled error")
         return problem(500, "Internal server error", "an unexpected error occurred; it has been logged")

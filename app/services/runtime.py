@@ -32,7 +32,7 @@ from ..models import (
     WorkflowInstance,
     utcnow,
 )
-from ..uow import UnitOfWork
+from ..uow import UnitOfWork, as_conflict
 from . import audit
 
 APPROVAL_PROCESS = "milestone_approval"
@@ -261,7 +261,8 @@ def project_tasks(uow: UnitOfWork, row: WorkflowInstance, ready: list[HumanTask]
 
 def execution_failure(exc: ExecutionError) -> Exception:
     """Map an engine failure to the domain error the caller should see."""
-    cause = exc.cause
-    if isinstance(cause, Conflict):
-        return cause
+    # A service step that lost a race (stale row, unique key) is a conflict, not a broken diagram.
+    conflict = as_conflict(exc.cause) if exc.cause is not None else None
+    if conflict is not None:
+        return conflict
     return WorkflowFailure(str(exc), file=exc.file, element_id=exc.element_id)
