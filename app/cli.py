@@ -78,6 +78,27 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
     Server().run()
 
 
+# --------------------------------------------------------------------------- celery
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a Celery worker (needs REDIS_URL); extra arguments go to `celery worker`."""
+    _celery(["worker", "--loglevel=INFO", *ctx.args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """Run Celery beat, which fires due workflow timers every 30 s (needs REDIS_URL)."""
+    _celery(["beat", "--loglevel=INFO", *ctx.args])
+
+
+def _celery(args: list[str]) -> None:
+    from .celery_app import celery
+
+    celery.start(argv=args)
+
+
 # --------------------------------------------------------------------------- db
 @main.group()
 def db() -> None:

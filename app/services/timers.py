@@ -1,0 +1,59 @@
+"""Firing BPMN timers whose time has come. The database row's `next_timer_at` is the schedule."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import Conflict, DomainError
+from ..models import WorkflowInstance, utcnow
+from ..uow import UnitOfWork
+from . import audit
+from .runtime import DeploymentCache, load_instance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TimerRun:
+    fired: list[int] = field(default_factory=list)
+    conflicts: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+
+def fire_due_timers(session_factory: sessionmaker[Session], cache: DeploymentCache, *,
+                    now: datetime | None = None, limit: int = 100) -> TimerRun:
+    """Advance every running instance whose next timer is due, one transaction per instance.
+
+    Two schedulers running at once cannot fire a timer twice: the instance save is versioned,
+    so the slower one gets a Conflict and leaves the instance alone.
+    """
+    now = now or utcnow()
+    with UnitOfWork(session_factory) as uow:
+        due = list(uow.s.scalars(
+            select(WorkflowInstance.id)
+            .where(WorkflowInstance.status == "running", WorkflowInstance.next_timer_at <= now)
+            .order_by(WorkflowInstance.next_timer_at).limit(limit)
+        ))
+    run = TimerRun()
+    for instance_id in due:
+        try:
+            with UnitOfWork(session_factory) as uow:
+                loaded = load_instance(uow, cache, instance_id)
+                before = loaded.row.next_timer_at
+                loaded.instance.fire_due_timers()
+                loaded.save()
+                audit.record(uow, "workflow.timers_fired", "workflow_instance", instance_id,
+                             before={"next_timer_at": before}, after={"next_timer_at": loaded.row.next_timer_at})
+                uow.commit()
+            run.fired.append(instance_id)
+        except Conflict:
+            run.conflicts.append(instance_id)
+        except DomainError as exc:
+            log.error("timers of instance %s failed: %s", instance_id, exc.detail)
+            run.failed.append(instance_id)
+    return run
