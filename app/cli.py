@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .config import Settings
+
+
+@contextmanager
+def _opened(settings: Settings | None = None) -> Iterator[Any]:
+    """App state for one command; its connection pool is closed when the command ends."""
+    state = _state(settings)
+    try:
+        yield state
+    finally:
+        state.engine.dispose()
 
 
 def _state(settings: Settings | None = None) -> Any:
@@ -110,9 +122,9 @@ def db_upgrade() -> None:
     """Apply every migration (idempotent)."""
     from . import migrate
 
-    state = _state()
-    migrate.upgrade(state.engine)
-    click.echo(f"database at revision {migrate.current(state.engine)}")
+    with _opened() as state:
+        migrate.upgrade(state.engine)
+        click.echo(f"database at revision {migrate.current(state.engine)}")
 
 
 # --------------------------------------------------------------------------- deploy
@@ -125,13 +137,12 @@ def deploy(paths: tuple[Path, ...]) -> None:
     from .services.runtime import deploy as deploy_files
     from .uow import UnitOfWork
 
-    state = _state()
-    files: dict[str, bytes] = {}
-    for path in paths or tuple(state.settings.bpmn_dirs):
-        candidates = sorted(path.glob("*")) if path.is_dir() else [path]
-        files.update({p.name: p.read_bytes() for p in candidates if p.suffix in (".bpmn", ".dmn")})
     try:
-        with UnitOfWork(state.session_factory) as uow:
+        with _opened() as state, UnitOfWork(state.session_factory) as uow:
+            files: dict[str, bytes] = {}
+            for path in paths or tuple(state.settings.bpmn_dirs):
+                candidates = sorted(path.glob("*")) if path.is_dir() else [path]
+                files.update({p.name: p.read_bytes() for p in candidates if p.suffix in (".bpmn", ".dmn")})
             record, created = deploy_files(uow, state.deployments, files)
             uow.commit()
     except DeploymentError as exc:
@@ -158,9 +169,8 @@ def users_create(name: str, groups: tuple[str, ...], admin: bool) -> None:
     from .services import identity
     from .uow import UnitOfWork
 
-    state = _state()
     try:
-        with UnitOfWork(state.session_factory) as uow:
+        with _opened() as state, UnitOfWork(state.session_factory) as uow:
             user = identity.create_user(uow, name, list(groups), is_admin=admin)
             token = identity.issue_token(uow, user)
             uow.commit()
@@ -178,9 +188,8 @@ def users_token(name: str) -> None:
     from .services import identity
     from .uow import UnitOfWork
 
-    state = _state()
     try:
-        with UnitOfWork(state.session_factory) as uow:
+        with _opened() as state, UnitOfWork(state.session_factory) as uow:
             token = identity.issue_token(uow, identity.get_user(uow, name))
             uow.commit()
     except DomainError as exc:
@@ -193,9 +202,9 @@ def users_token(name: str) -> None:
 @main.command()
 def demo() -> None:
     """Load the demo (accounts, contracts, milestones, groups, users) and print fresh tokens."""
-    state = _state()
-    prepare_database(state)
-    _load_demo(state)
+    with _opened() as state:
+        prepare_database(state)
+        _load_demo(state)
 
 
 def _load_demo(state: Any) -> None:
