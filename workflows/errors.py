@@ -41,7 +41,9 @@ class ExecutionError(WorkflowError):
         self.file = file
         self.element_id = element_id
         self.cause: BaseException | None = None
-        super().__init__(_describe(self.problem))
+        # `line` counts inside the failing script or expression, not inside the file.
+        where = _describe(Problem(message=message, file=file, element_id=element_id))
+        super().__init__(f"{where} (script line {line})" if line else where)
 
 
 class TaskNotFound(WorkflowError):
