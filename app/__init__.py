@@ -33,5 +33,5 @@ def init_state(app: Flask, settings: Settings) -> None:
     engine = make_engine(settings.database_url, echo=settings.sql_echo)
     app.extensions["milestones"] = AppState(
         settings=settings, engine=engine, session_factory=make_session_factory(engine),
-        deployments=DeploymentCache(),
+        deployments=DeploymentCache(), read_session_factory=make_session_factory(engine, read_only=True),
     )

@@ -127,30 +127,142 @@ def db_upgrade() -> None:
         click.echo(f"database at revision {migrate.current(state.engine)}")
 
 
-# --------------------------------------------------------------------------- deploy
+# --------------------------------------------------------------------------- diagrams
+def _read_bundle(paths: tuple[Path, ...]) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for path in paths:
+        candidates = sorted(path.glob("*")) if path.is_dir() else [path]
+        files.update({p.name: p.read_bytes() for p in candidates if p.is_file() and p.suffix in (".bpmn", ".dmn")})
+    return files
+
+
+def _echo_problems(problems: list[Any], err: bool = False) -> None:
+    """One line per problem, `file:line [element] message`, for `validate` and `deploy` alike."""
+    from workflows import Problem
+    from workflows.validation import describe
+
+    for problem in problems:
+        if isinstance(problem, dict):
+            problem = Problem(**problem)
+        click.echo(describe(problem), err=err)
+
+
+def _domain_problems(exc: Any) -> list[Any]:
+    from workflows import Problem
+
+    return exc.extra.get("problems") or [Problem(exc.detail, file=exc.extra.get("file"))]
+
+
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 def deploy(paths: tuple[Path, ...]) -> None:
-    """Deploy .bpmn/.dmn files (default: the bundled bpmn/ and dmn/) as a new version if changed."""
-    from workflows import DeploymentError
-
-    from .services.runtime import deploy as deploy_files
+    """Validate and deploy .bpmn/.dmn files (default: the bundled bpmn/ and dmn/) as a new version if changed."""
+    from .errors import DomainError
+    from .services.deployments import deploy_files
     from .uow import UnitOfWork
 
     try:
         with _opened() as state, UnitOfWork(state.session_factory) as uow:
-            files: dict[str, bytes] = {}
-            for path in paths or tuple(state.settings.bpmn_dirs):
-                candidates = sorted(path.glob("*")) if path.is_dir() else [path]
-                files.update({p.name: p.read_bytes() for p in candidates if p.suffix in (".bpmn", ".dmn")})
-            record, created = deploy_files(uow, state.deployments, files)
-            uow.commit()
-    except DeploymentError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem.file or '-'}:{problem.line or '-'} [{problem.element_id or '-'}] "
-                       f"{problem.message}", err=True)
+            files = _read_bundle(paths or tuple(state.settings.bpmn_dirs))
+            view, created = deploy_files(uow, state.deployments, None, files)
+    except DomainError as exc:
+        _echo_problems(_domain_problems(exc), err=True)
         sys.exit(1)
-    click.echo(f"deployment v{record.version} {record.hash} ({'new' if created else 'unchanged'})")
+    click.echo(f"deployment v{view.version} {view.hash} ({'new' if created else 'unchanged'})")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--against-db", is_flag=True,
+              help="also check groups and the latest deployed version in the database (DATABASE_URL)")
+def validate(paths: tuple[Path, ...], against_db: bool) -> None:
+    """Check .bpmn/.dmn files (or directories of them) and print every problem; stores nothing.
+
+    Exit status 1 when there is a problem, one line each: file:line [element] message.
+    """
+    from workflows.validation import validate_bundle
+
+    from .errors import DomainError
+    from .services.deployments import validate_files
+    from .uow import UnitOfWork
+
+    files = _read_bundle(paths)
+    if against_db:
+        try:
+            with _opened() as state, UnitOfWork(state.session_factory) as uow:
+                problems: list[Any] = validate_files(uow, state.deployments, None, files).problems
+        except DomainError as exc:
+            problems = _domain_problems(exc)
+    else:
+        problems = validate_bundle(files)
+    _echo_problems(problems)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{len(files)} file(s), no problems", err=True)
+
+
+@main.command()
+@click.argument("instance_ids", nargs=-1, required=True, type=int)
+@click.option("--to", "to_version", required=True, type=int, help="the deployment version to move to")
+@click.option("--dry-run", is_flag=True, help="report what would change; change nothing")
+def migrate(instance_ids: tuple[int, ...], to_version: int, dry_run: bool) -> None:
+    """Move workflow instances to another deployment version (all or none); audited."""
+    from .errors import DomainError
+    from .services.deployments import migrate_instances
+    from .uow import UnitOfWork
+
+    try:
+        with _opened() as state, UnitOfWork(state.session_factory) as uow:
+            results = [r.as_dict() for r in
+                       migrate_instances(uow, state.deployments, None, list(instance_ids), to_version, dry_run=dry_run)]
+    except DomainError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        results = exc.extra.get("instances") or []
+        _echo_migration(results, err=True)
+        sys.exit(1)
+    _echo_migration(results)
+    if any(not r["possible"] for r in results):
+        sys.exit(1)
+
+
+def _echo_migration(results: list[dict[str, Any]], err: bool = False) -> None:
+    for r in results:
+        verdict = "possible" if r["possible"] else "impossible"
+        click.echo(f"instance {r['instance_id']}: v{r['from_version']} -> v{r['to_version']} {verdict}", err=err)
+        for reason in r["reasons"]:
+            click.echo(f"  refused: {reason}", err=err)
+        elements = r.get("elements") or {}
+        for change in ("added", "removed", "changed"):
+            if elements.get(change):
+                click.echo(f"  {change}: {', '.join(sorted(elements[change]))}", err=err)
+        for task in r.get("tasks") or []:
+            fields = f" ({', '.join(task['fields'])})" if task["fields"] else ""
+            click.echo(f"  task {task['bpmn_id']} [{task['state']}] {task['impact']}{fields}", err=err)
+
+
+@main.command("test-diagrams")
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--base", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="resolve each scenario's deployment paths here (default: the current directory, "
+                   "then the scenario's folders upwards)")
+def test_diagrams(paths: tuple[Path, ...], base: Path | None) -> None:
+    """Run scenario files (*.json; default: tests/workflows/scenarios) against the diagrams, in memory.
+
+    One PASS/FAIL line per scenario, with the first mismatch; exit status 1 when one fails.
+    """
+    from workflows.scenarios import run_all
+
+    targets = paths or (Path("tests/workflows/scenarios"),)
+    if not paths and not targets[0].is_dir():
+        click.echo("error: no scenario paths given and no tests/workflows/scenarios here", err=True)
+        sys.exit(1)
+    results = list(run_all(targets, base=base))
+    for result in results:
+        click.echo(result.line())
+    failed = sum(not r.passed for r in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed", err=True)
+    if failed or not results:
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------- users
@@ -212,7 +324,7 @@ def _load_demo(state: Any) -> None:
     from .uow import UnitOfWork
 
     with UnitOfWork(state.session_factory) as uow:
-        tokens = load_demo(uow)
+        tokens = load_demo(uow, state.deployments)
     env_file = state.settings.instance_dir / "demo-tokens.env"
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.write_text("".join(f"{name.upper()}_TOKEN={token}\n" for name, token in tokens.items()))

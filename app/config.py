@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sniff import parse_types
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,6 +22,10 @@ class Settings:
     bpmn_dirs: list[Path] = field(default_factory=lambda: [PROJECT_ROOT / "bpmn", PROJECT_ROOT / "dmn"])
     instance_dir: Path = field(default_factory=lambda: Path.cwd() / "instance")
     sql_echo: bool = False
+    # Evidence files: None means <instance_dir>/evidence (see evidence_dir()).
+    storage_dir: Path | None = None
+    evidence_max_bytes: int = 10 * 1024 * 1024
+    evidence_allowed_types: tuple[str, ...] = field(default_factory=lambda: parse_types(None))
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -29,11 +35,18 @@ class Settings:
             "database_url": normalize_database_url(url),
             "redis_url": os.environ.get("REDIS_URL") or None,
             "instance_dir": instance_dir,
+            "storage_dir": Path(os.environ["MILESTONES_STORAGE_DIR"]) if os.environ.get("MILESTONES_STORAGE_DIR")
+            else None,
+            "evidence_max_bytes": int(os.environ.get("MILESTONES_EVIDENCE_MAX_BYTES") or 10 * 1024 * 1024),
+            "evidence_allowed_types": parse_types(os.environ.get("MILESTONES_EVIDENCE_TYPES")),
         }
         values.update(overrides)
         if "database_url" in overrides:
             values["database_url"] = normalize_database_url(str(overrides["database_url"]))
         return cls(**values)  # type: ignore[arg-type]
+
+    def evidence_dir(self) -> Path:
+        return self.storage_dir if self.storage_dir is not None else self.instance_dir / "evidence"
 
 
 def normalize_database_url(url: str) -> str:

@@ -55,6 +55,23 @@ class InvalidTransition(Conflict):
         super().__init__(detail, current_state=current, allowed=allowed or [], **extra)
 
 
+class PayloadTooLarge(DomainError):
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(DomainError):
+    status = 415
+    title = "Unsupported media type"
+
+
+class WorkflowIncident(Conflict):
+    """A step failed: nothing of the request was kept, and the instance now waits in an open incident
+    (extra: incident_id, instance_id, element_id, file) until an operator retries it."""
+
+    title = "Workflow incident"
+
+
 class WorkflowFailure(DomainError):
     """A step of the process definition failed (script, decision or service); nothing was saved."""
 

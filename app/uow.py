@@ -88,6 +88,10 @@ class UnitOfWork:
         if self.session is not None:
             self.session.rollback()
 
+    def fresh(self) -> UnitOfWork:
+        """A separate transaction for the same actor and request (e.g. to record an incident after a rollback)."""
+        return UnitOfWork(self._factory, actor_id=self.actor_id, request_id=self.request_id)
+
     def close(self) -> None:
         if self.session is not None:
             self.session.rollback()

@@ -196,9 +196,11 @@ class Client:
 
     def lifecycle(self, contract_id: int, code: str) -> int:
         milestone = self.call("POST", "/milestones", self.submitter, {
-            "contract_id": contract_id, "code": code, "type": "financial", "amount": AMOUNT, "currency": "EUR",
+            "contract_id": contract_id, "code": code, "type": "financial", "amount": AMOUNT,
+            "currency": "EUR",
         })
         mid = milestone["id"]
+        self.call("POST", f"/milestones/{mid}/activation", self.submitter)
         submission = self.call("POST", f"/milestones/{mid}/submission", self.submitter)
         tasks = submission.get("open_tasks") or []
         if not tasks:
@@ -206,9 +208,10 @@ class Client:
         if APPROVER_GROUP not in tasks[0].get("candidate_groups", []):
             raise BenchFailure(f"milestone {mid}: task routed to {tasks[0].get('candidate_groups')}, "
                                f"expected {APPROVER_GROUP}")
-        done = self.call("POST", f"/tasks/{tasks[0]['id']}/completion", self.approver, {"decision": "approve"})
+        task_id = tasks[0]["id"]
+        done = self.call("POST", f"/tasks/{task_id}/completion", self.approver, {"decision": "approve"})
         if done.get("status") != "completed":
-            raise BenchFailure(f"task {tasks[0]['id']} completion answered status {done.get('status')!r}")
+            raise BenchFailure(f"task {task_id} completion answered status {done.get('status')!r}")
         return int(mid)
 
     def check_final(self, mid: int) -> None:
@@ -218,7 +221,8 @@ class Client:
         if detail.get("release") is None:
             raise BenchFailure(f"milestone {mid} has no fund release")
         if detail["release"].get("amount") != AMOUNT:
-            raise BenchFailure(f"milestone {mid} released {detail['release'].get('amount')}, expected {AMOUNT}")
+            released = detail["release"].get("amount")
+            raise BenchFailure(f"milestone {mid} released {released}, expected {AMOUNT}")
 
 
 def run_http(base: str, tokens: dict[str, str], lifecycles: int, clients: int, warmup: int,
@@ -258,7 +262,8 @@ def run_http(base: str, tokens: dict[str, str], lifecycles: int, clients: int, w
                 stats.latencies.append(elapsed)
                 stats.milestone_ids.append(mid)
 
-    threads = [threading.Thread(target=worker, args=(n,), daemon=True, name=f"client-{n}") for n in range(clients)]
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True, name=f"client-{n}")
+               for n in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -326,12 +331,28 @@ def run_engine(lifecycles: int, warmup: int) -> dict[str, Any]:
         if call.operation == "set_milestone_status":
             return {"status": call.params.get("status"), "previous": "draft"}
         if call.operation == "release_funds":
-            return {"release_id": 1, "amount": str(call.params.get("amount")), "currency": call.params.get("currency")}
+            return {"release_id": 1, "amount": str(call.params.get("amount")),
+                    "currency": call.params.get("currency")}
         if call.operation == "start_next_round":
             return {"requested": True, "from_round": call.params.get("from_round")}
+        if call.operation in ("start_approval_round", "set_published", "cancel_approval_rounds"):
+            return {"requested": True}
         raise LookupError(call.operation)
 
+    def lifecycle_step(blob: bytes, message: str) -> bytes:
+        inst = Instance.restore(deployment, blob, SERIALIZER_VERSION, handler)
+        inst.send_message(message, {"by": SUBMITTER})
+        inst.next_timer_due()
+        inst.ready_human_tasks()
+        return inst.dump()
+
     def one(i: int) -> int:
+        # The same diagrams and steps as the HTTP lifecycle: the milestone's lifecycle instance
+        # (created, activated, submitted, told of the completion) and one approval round.
+        lifecycle = Instance.start(deployment, "milestone_lifecycle", {"milestone_id": i + 1}, handler)
+        lc_blob = lifecycle.dump()
+        lc_blob = lifecycle_step(lc_blob, "activate")
+        lc_blob = lifecycle_step(lc_blob, "submit")
         # The same start data as app.services.approvals._start_round.
         data = {
             "milestone_id": i + 1,
@@ -358,6 +379,7 @@ def run_engine(lifecycles: int, warmup: int) -> dict[str, Any]:
             raise BenchFailure("engine: instance did not complete")
         if not (inst.data().get("release") or {}).get("release_id"):
             raise BenchFailure("engine: no fund release in the end data")
+        lc_blob = lifecycle_step(lc_blob, "approval_completed")
         return len(blob)
 
     for i in range(warmup):
@@ -366,7 +388,8 @@ def run_engine(lifecycles: int, warmup: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     sizes = [one(i) for i in range(lifecycles)]
     wall = time.perf_counter() - t0
-    expected = {"set_milestone_status": 3 * lifecycles, "release_funds": lifecycles}
+    expected = {"set_milestone_status": 5 * lifecycles, "release_funds": lifecycles,
+                "start_approval_round": lifecycles}
     if calls != expected:
         raise BenchFailure(f"engine: service calls {calls}, expected {expected}")
     return {
@@ -399,11 +422,11 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(), "usable_cores": usable, "cpu": cpu,
         "python": sys.version.split()[0], "platform": platform.platform(),
     }
-    try:
-        import SpiffWorkflow
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["spiffworkflow"] = getattr(SpiffWorkflow, "__version__", "?")
-    except ImportError:
+    try:
+        info["spiffworkflow"] = version("SpiffWorkflow")
+    except PackageNotFoundError:
         pass
     return info
 
@@ -436,8 +459,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clients", "-c", type=int, default=4, help="HTTP client threads (default 4)")
     ap.add_argument("--workers", "-w", type=int, default=2, help="gunicorn workers (default 2)")
     ap.add_argument("--quick", action="store_true", help="N=40")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed lifecycles first (default 2 x workers, min 4)")
-    ap.add_argument("--samples", type=int, default=20, help="milestones whose end state is checked (default 20)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed lifecycles first (default 2 x workers, min 4)")
+    ap.add_argument("--samples", type=int, default=20,
+                    help="milestones whose end state is checked (default 20)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--keep-log", metavar="PATH", help="copy the server log here")
     args = ap.parse_args(argv)
@@ -481,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         tokens = {SUBMITTER: create_user(env, SUBMITTER, "contract-managers"),
                   APPROVER: create_user(env, APPROVER, APPROVER_GROUP)}
 
-        results["http"] = run_http(server.base, tokens, args.lifecycles, args.clients, args.warmup, args.samples)
+        results["http"] = run_http(server.base, tokens, args.lifecycles, args.clients, args.warmup,
+                                   args.samples)
         h = results["http"]
         print(f"http: {h['completed']}/{h['lifecycles']} lifecycles in {h['seconds']:.2f}s, "
               f"{h['errors']} errors, {h['checked']} end states checked", flush=True)

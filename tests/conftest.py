@@ -6,6 +6,7 @@ when it is missing there. Elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -93,6 +94,9 @@ def app(db_url: str, tmp_path: Path) -> Iterator[Any]:
     app.config["TESTING"] = True
     _reset(app)
     yield app
+    # Responses a test left unread still hold their request's session: collect them so their
+    # connections go back to the pool before it is closed.
+    gc.collect()
     app.extensions["milestones"].engine.dispose()
 
 
@@ -146,7 +150,7 @@ def contract(people: dict[str, Api]) -> dict[str, Any]:
     account = alice.post("/accounts", {"name": "Acme"})
     assert account.status_code == 201, account.get_json()
     contract = alice.post("/contracts", {"account_id": account.get_json()["id"], "number": "C-1",
-                                         "title": "Tower", "currency": "EUR", "value": "500000.00"})
+                                         "title": "Tower", "currency": "EUR", "value": "5000000.00"})
     assert contract.status_code == 201, contract.get_json()
     return contract.get_json()
 
@@ -155,12 +159,18 @@ def contract(people: dict[str, Api]) -> dict[str, Any]:
 def new_milestone(people: dict[str, Api], contract: dict[str, Any]) -> Any:
     counter = iter(range(1, 10_000))
 
-    def create(type: str = "financial", amount: str | None = "50000.00", **extra: Any) -> dict[str, Any]:
+    def create(type: str = "financial", amount: str | None = "50000.00", activate: bool = True,
+               **extra: Any) -> dict[str, Any]:
+        """A milestone made through the API; activated (ready to submit) unless activate=False."""
         body = {"contract_id": contract["id"], "code": f"M{next(counter)}", "type": type, **extra}
         if amount is not None:
             body["amount"] = amount
         response = people["alice"].post("/milestones", body)
         assert response.status_code == 201, response.get_json()
-        return response.get_json()
+        if not activate:
+            return response.get_json()
+        activated = people["alice"].post(f"/milestones/{response.get_json()['id']}/activation")
+        assert activated.status_code == 200, activated.get_json()
+        return activated.get_json()
 
     return create

@@ -10,6 +10,7 @@ from .engine import RESERVED_PREFIX, HumanTask, Instance, ServiceCall, ServiceHa
 from .errors import (
     DeploymentError,
     ExecutionError,
+    MessageNotExpected,
     Problem,
     StateError,
     TaskNotFound,
@@ -24,6 +25,7 @@ __all__ = [
     "ExecutionError",
     "HumanTask",
     "Instance",
+    "MessageNotExpected",
     "Problem",
     "RESERVED_PREFIX",
     "ServiceCall",

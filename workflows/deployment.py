@@ -21,9 +21,10 @@ from SpiffWorkflow.bpmn import BpmnWorkflow
 from SpiffWorkflow.bpmn.parser.ValidationException import ValidationException
 from SpiffWorkflow.bpmn.serializer import BpmnWorkflowSerializer
 from SpiffWorkflow.bpmn.serializer.default.workflow import BpmnWorkflowConverter, WorkflowConverter
-from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser
+from SpiffWorkflow.spiff.parser.process import VALIDATOR, SpiffBpmnParser, SpiffProcessParser
 from SpiffWorkflow.spiff.serializer.config import SPIFF_CONFIG
 
+from . import camunda, sandbox
 from .errors import DeploymentError, Problem
 
 BPMN_NS = "http://www.omg.org/spec/BPMN/20100524/MODEL"
@@ -96,6 +97,8 @@ class Deployment:
         self.executable: list[str] = []
         self.task_meta: dict[tuple[str, str], TaskMeta] = {}
         self._specs: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._decisions: dict[str, Any] = {}
+        self.decision_files: dict[str, str] = {}
         self._serializers = _Serializers()
         self._parse()
 
@@ -117,7 +120,7 @@ class Deployment:
 
     def _parse(self) -> None:
         problems: list[Problem] = []
-        parser = SpiffBpmnParser(validator=VALIDATOR)
+        parser = _Parser(validator=VALIDATOR)
         roots: dict[str, etree._Element] = {}
         for name, content in sorted(self.files.items()):
             if not name.endswith((".bpmn", ".dmn")):
@@ -128,13 +131,34 @@ class Deployment:
             except DeploymentError as exc:
                 problems.extend(exc.problems)
         # DMN first: business rule tasks are resolved against them when specs are built.
-        for name in sorted(roots, key=lambda n: (not n.endswith(".dmn"), n)):
-            try:
-                if name.endswith(".dmn"):
-                    parser.add_dmn_xml(roots[name], filename=name)
+        # Only our private trees are rewritten (Camunda -> Spiff); self.files stays as uploaded.
+        decisions: dict[str, camunda.DecisionInfo] = {}
+        for name in sorted(n for n in roots if n.endswith(".dmn")):
+            trees, infos, found = camunda.split_decisions(roots[name], name)
+            problems.extend(found)
+            for tree, info in zip(trees, infos, strict=True):
+                if info.id in self.decision_files:
+                    problems.append(Problem(f"decision id {info.id!r} is also defined in "
+                                            f"{self.decision_files[info.id]}", file=name, element_id=info.id))
+                    continue
+                try:
+                    parser.add_dmn_xml(tree, filename=name)
+                except ValidationException as exc:
+                    problems.append(_problem_from_validation(exc, name))
+                except Exception as exc:  # SpiffWorkflow raises raw AttributeError/ValueError on bad input
+                    problems.append(Problem(f"{type(exc).__name__}: {exc}", file=name))
                 else:
-                    parser.add_bpmn_xml(roots[name], filename=name)
-                    self._scan_bpmn(name, roots[name])
+                    self.decision_files[info.id] = name
+                    decisions[info.id] = info
+                    problems.extend(_check_decision(name, tree))
+        for name in sorted(n for n in roots if n.endswith(".bpmn")):
+            found = camunda.rewrite_bpmn(roots[name], name, decisions)
+            if found:
+                problems.extend(found)
+                continue
+            try:
+                parser.add_bpmn_xml(roots[name], filename=name)
+                self._scan_bpmn(name, roots[name])
             except ValidationException as exc:
                 problems.append(_problem_from_validation(exc, name))
             except Exception as exc:  # SpiffWorkflow raises raw AttributeError/ValueError on bad input
@@ -142,6 +166,14 @@ class Deployment:
             else:
                 problems.extend(_check_expressions(name, roots[name]))
         if not problems:
+            for decision_id in sorted(self.decision_files):
+                try:
+                    self._decisions[decision_id] = parser.get_engine(decision_id, None)
+                except ValidationException as exc:
+                    problems.append(_problem_from_validation(exc, self.decision_files[decision_id]))
+                except Exception as exc:
+                    problems.append(Problem(f"{type(exc).__name__}: {exc}",
+                                            file=self.decision_files[decision_id], element_id=decision_id))
             for process_id in self.executable:
                 try:
                     spec = parser.get_spec(process_id)
@@ -182,6 +214,19 @@ class Deployment:
                 [Problem(f"no executable process {process_id!r} in deployment {self.hash[:12]}")]
             ) from None
 
+    def decision(self, decision_id: str) -> Any:
+        """The parsed decision table (a SpiffWorkflow DMNEngine) with this id; DeploymentError if none."""
+        try:
+            return self._decisions[decision_id]
+        except KeyError:
+            raise DeploymentError(
+                [Problem(f"no decision {decision_id!r} in deployment {self.hash[:12]}")]
+            ) from None
+
+    @property
+    def decision_ids(self) -> list[str]:
+        return sorted(self._decisions)
+
     def file_of(self, process_id: str | None) -> str | None:
         return self.process_files.get(process_id or "")
 
@@ -202,6 +247,21 @@ class Deployment:
             serializer = _state_only_serializer(self)
             self._serializers.serializer = serializer
         return serializer
+
+
+class _ProcessParser(SpiffProcessParser):
+    def _index_process_nodes(self) -> None:
+        super()._index_process_nodes()
+        # SpiffWorkflow indexes every element with an id, so a service operator or parameter whose id
+        # equals a task id (a Camunda topic named like its task) replaced the task node and parsing
+        # failed with "There is no support implemented for this task type": flow nodes win.
+        for node in self.xpath(".//*[@id]"):
+            if etree.QName(node).namespace == BPMN_NS:
+                self.nodes_by_id[node.get("id")] = node
+
+
+class _Parser(SpiffBpmnParser):
+    PROCESS_PARSER_CLASS = _ProcessParser
 
 
 def _state_only_serializer(deployment: Deployment) -> BpmnWorkflowSerializer:
@@ -244,38 +304,120 @@ def _problem_from_validation(exc: ValidationException, default_file: str | None)
     )
 
 
-_PLACEHOLDER = re.compile(r"^\$\{(.+)\}$")
+_PLACEHOLDER = re.compile(r"^\$\{(.+)\}$", re.S)
+SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
+
+
+def _locate(element: etree._Element) -> tuple[str | None, int | None]:
+    """Id of the element (or its nearest ancestor with one) and the nearest known source line."""
+    owner: etree._Element | None = element
+    while owner is not None and owner.get("id") is None:
+        owner = owner.getparent()
+    line_el: etree._Element | None = element
+    while line_el is not None and line_el.sourceline is None:
+        line_el = line_el.getparent()
+    return (owner.get("id") if owner is not None else None,
+            line_el.sourceline if line_el is not None else None)
+
+
+class _Checker:
+    """Runs every expression and script through the sandbox policy, as they will run."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.problems: list[Problem] = []
+
+    def check(self, source: str | None, mode: str, element: etree._Element, what: str) -> None:
+        if source is None or not source.strip():
+            return
+        element_id, line = _locate(element)
+        # Lines inside the code count from its first line; an expression is stripped first.
+        lead = source[: len(source) - len(source.lstrip())].count("\n") if mode == "eval" else 0
+        for message, code_line in sandbox.check(source, mode):
+            at = line + lead + (code_line or 1) - 1 if line is not None else None
+            self.problems.append(Problem(f"{what} {message}" if message.startswith("does not compile")
+                                         else f"{what}: {message}", file=self.filename, element_id=element_id,
+                                         line=at))
 
 
 def _check_expressions(filename: str, root: etree._Element) -> list[Problem]:
-    """SpiffWorkflow only finds syntax errors in expressions when it runs them: find them now."""
-    problems: list[Problem] = []
+    """SpiffWorkflow only finds errors in expressions when it runs them: find them now.
 
-    def check(source: str | None, mode: str, element: etree._Element, what: str) -> None:
-        if source is None or not source.strip():
-            return
-        try:
-            ast.parse(source.strip(), mode=mode)
-        except SyntaxError as exc:
-            owner = element
-            while owner is not None and owner.get("id") is None:
-                owner = owner.getparent()
-            problems.append(Problem(
-                f"{what} does not compile: {exc.msg}", file=filename,
-                element_id=owner.get("id") if owner is not None else None, line=element.sourceline,
-            ))
+    Every script, condition, timer, multi-instance expression, service parameter and `${…}`
+    attribute is compiled under the sandbox policy (imports, dunder access, huge constants, …).
+    """
+    checker = _Checker(filename)
+    check = checker.check
+    for el in root.iter(f"{{{BPMN_NS}}}script"):
+        check(el.text, "exec", el, "script")
+    for tag in ("preScript", "postScript"):
+        for el in root.iter(f"{{{SPIFF_NS}}}{tag}"):
+            check(el.text, "exec", el, tag)
+    for tag in ("conditionExpression", "condition", "timeDuration", "timeDate", "timeCycle",
+                "completionCondition", "loopCardinality"):
+        for el in root.iter(f"{{{BPMN_NS}}}{tag}"):
+            check(el.text, "eval", el, tag)
+    for el in root.iter(f"{{{SPIFF_NS}}}parameter"):
+        check(el.get("value"), "eval", el, f"parameter {el.get('id')!r}")
+    for el in root.iter(f"{{{BPMN_NS}}}userTask"):
+        for attr in _EXPRESSION_ATTRS:
+            value = el.get(f"{{{CAMUNDA_NS}}}{attr}")
+            match = _PLACEHOLDER.match(value or "")
+            if match:
+                check(match.group(1), "eval", el, f"camunda:{attr}")
+    return checker.problems
 
-    if filename.endswith(".bpmn"):
-        for el in root.iter(f"{{{BPMN_NS}}}script"):
-            check(el.text, "exec", el, "script")
-        for tag in ("conditionExpression", "timeDuration", "timeDate", "timeCycle", "completionCondition",
-                    "loopCardinality"):
-            for el in root.iter(f"{{{BPMN_NS}}}{tag}"):
-                check(el.text, "eval", el, tag)
-        for el in root.iter(f"{{{BPMN_NS}}}userTask"):
-            for attr in _EXPRESSION_ATTRS:
-                value = el.get(f"{{{CAMUNDA_NS}}}{attr}")
-                match = _PLACEHOLDER.match(value or "")
-                if match:
-                    check(match.group(1), "eval", el, f"camunda:{attr}")
-    return problems
+
+_DMN_INPUT_PLACEHOLDER = re.compile(r"""(\?)(?=(?:[^'"]|['"][^'"]*['"])*$)""")
+
+
+def _check_decision(filename: str, root: etree._Element) -> list[Problem]:
+    """Every DMN cell as SpiffWorkflow's DMNEngine will evaluate it (input entry joined to its input)."""
+    checker = _Checker(filename)
+    for table in root.iter():
+        if not isinstance(table.tag, str) or etree.QName(table).localname != "decisionTable":
+            continue
+        inputs: list[str] = []
+        for child in table:
+            if not isinstance(child.tag, str):
+                continue
+            local = etree.QName(child).localname
+            if local == "input":
+                text = next((t.text for t in child.iter() if isinstance(t.tag, str)
+                             and etree.QName(t).localname == "text"), None) or ""
+                inputs.append(text)
+                text_el = next((t for t in child.iter() if isinstance(t.tag, str)
+                                and etree.QName(t).localname == "text"), child)
+                checker.check(text, "eval", text_el, "DMN input expression")
+            elif local == "rule":
+                column = 0
+                for entry in child:
+                    if not isinstance(entry.tag, str):
+                        continue
+                    entry_local = etree.QName(entry).localname
+                    text_el = next((t for t in entry if isinstance(t.tag, str)
+                                    and etree.QName(t).localname == "text"), None)
+                    text = (text_el.text if text_el is not None else None) or ""
+                    located = text_el if text_el is not None else entry
+                    if entry_local == "inputEntry":
+                        source = _dmn_match_expression(inputs[column] if column < len(inputs) else "", text)
+                        checker.check(source, "eval", located, "DMN input entry")
+                        column += 1
+                    elif entry_local == "outputEntry":
+                        checker.check(text, "eval", located, "DMN output entry")
+    return checker.problems
+
+
+def _dmn_match_expression(input_expr: str, entry: str) -> str | None:
+    """The expression SpiffWorkflow 3.2.0's DMNEngine.evaluate builds for one input cell."""
+    entry = entry.strip()
+    if not entry or entry == "-":
+        return None
+    replaced = _DMN_INPUT_PLACEHOLDER.sub("dmninputexpr", entry)
+    if "dmninputexpr" in replaced:
+        return replaced
+    try:
+        ast.parse(entry)
+    except SyntaxError:
+        return f"{input_expr}{entry}"
+    return f"({input_expr}) == ({entry})"

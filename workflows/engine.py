@@ -12,19 +12,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 from uuid import UUID
 
-from SpiffWorkflow.bpmn import BpmnWorkflow
+from SpiffWorkflow.bpmn import BpmnEvent, BpmnWorkflow
 from SpiffWorkflow.bpmn.exceptions import WorkflowTaskException
-from SpiffWorkflow.bpmn.script_engine import PythonScriptEngine, TaskDataEnvironment
+from SpiffWorkflow.bpmn.script_engine import BasePythonScriptEngineEnvironment, PythonScriptEngine
+from SpiffWorkflow.bpmn.specs.event_definitions.message import MessageEventDefinition
 from SpiffWorkflow.bpmn.specs.event_definitions.timer import TimerEventDefinition
 from SpiffWorkflow.exceptions import SpiffWorkflowException, TaskNotFoundException
 from SpiffWorkflow.util.task import TaskState
 
+from . import sandbox
 from .deployment import SERIALIZER_VERSION, Deployment
-from .errors import ExecutionError, StateError, TaskNotFound, TaskNotReady
+from .errors import ExecutionError, MessageNotExpected, StateError, TaskNotFound, TaskNotReady
 
 # Keys a completion may never write: routing decisions and identities live here, and a
 # form that could overwrite them could route an approval to itself.
@@ -68,16 +70,56 @@ def _no_services(call: ServiceCall) -> Any:
     raise LookupError(f"no service handler for operation {call.operation!r}")
 
 
+class _SandboxEnvironment(BasePythonScriptEngineEnvironment):
+    """Every expression and script of a diagram runs through `workflows.sandbox`.
+
+    SpiffWorkflow also calls the environment directly (process-level conditions, message
+    correlation), so the containment lives here and not only in the engine's overrides.
+    """
+
+    def evaluate(self, expression: str, context: dict[str, Any], external_context: Any = None) -> Any:
+        return sandbox.evaluate(expression, context, external_context)
+
+    def execute(self, script: str, context: dict[str, Any], external_context: Any = None) -> bool:
+        sandbox.execute(script, context, external_context)
+        return True
+
+
 class _ScriptEngine(PythonScriptEngine):
     """Routes service tasks to the caller's handler and reports its errors properly.
 
     SpiffWorkflow 3.2.0's own `call_service` turns any handler error into
     `NameError: name 'script' is not defined`; this keeps the real exception as the cause.
+    Expression and script errors keep theirs too, with a message that says what failed.
     """
 
     def __init__(self, handler: ServiceHandler):
-        super().__init__(environment=TaskDataEnvironment({"Decimal": Decimal, "timedelta": timedelta}))
+        super().__init__(environment=_SandboxEnvironment())
         self.handler = handler
+
+    def evaluate(self, task: Any, expression: str, external_context: Any = None) -> Any:
+        try:
+            return self.environment.evaluate(expression, task.data, external_context)
+        except SpiffWorkflowException as exc:
+            exc.add_note(f"Error evaluating expression '{expression}'")
+            raise
+        except Exception as err:
+            raise WorkflowTaskException(
+                f"expression {expression.strip()!r} failed: {_describe_error(err)}", task=task, exception=err
+            ) from err
+
+    def execute(self, task: Any, script: str, external_context: Any = None) -> bool:
+        try:
+            return bool(self.environment.execute(script, task.data, external_context))
+        except SpiffWorkflowException:
+            raise
+        except Exception as err:
+            line = sandbox.script_line(err)
+            lines = script.splitlines()
+            raise WorkflowTaskException(
+                f"script failed: {_describe_error(err)}", task=task, exception=err, line_number=line,
+                error_line=lines[line - 1] if line and 0 < line <= len(lines) else None,
+            ) from err
 
     def call_service(self, task: Any, **kwargs: Any) -> str:
         operation = kwargs["operation_name"]
@@ -97,6 +139,12 @@ class _ScriptEngine(PythonScriptEngine):
                 f"service {operation!r} failed: {type(err).__name__}: {err}", task=task, exception=err
             ) from err
         return json.dumps(result, default=_json_default)
+
+
+def _describe_error(err: BaseException) -> str:
+    if isinstance(err, sandbox.SandboxError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
 
 
 def _json_default(value: Any) -> Any:
@@ -157,6 +205,10 @@ class Instance:
             self._wf.do_engine_steps()
         except SpiffWorkflowException as exc:
             raise self._execution_error(exc) from exc
+        except sandbox.SandboxError as exc:  # raised where SpiffWorkflow calls the environment directly
+            error = ExecutionError(str(exc), file=self.deployment.file_of(self.process_id), element_id=None)
+            error.cause = exc
+            raise error from exc
 
     # ------------------------------------------------------------------ inspection
     @property
@@ -180,6 +232,18 @@ class Instance:
             t.task_spec.bpmn_id == bpmn_id for t in self._wf.get_tasks(state=TaskState.COMPLETED)
         )
 
+    def visited(self) -> list[str]:
+        """BPMN ids of the completed elements in completion order (called processes included).
+
+        A multi-instance activity counts once, when it completes; parallel branches that completed
+        in the same instant keep the order of the task tree.
+        """
+        tasks = [t for t in self._wf.get_tasks(state=TaskState.COMPLETED)
+                 if t.task_spec.bpmn_id and not t.task_spec.name.endswith(" [child]")]
+        position = {t.id: i for i, t in enumerate(tasks)}
+        tasks.sort(key=lambda t: (t.last_state_change, position[t.id]))
+        return [t.task_spec.bpmn_id for t in tasks]
+
     def errored_tasks(self) -> list[str]:
         return [t.task_spec.bpmn_id for t in self._wf.get_tasks(state=TaskState.ERROR)]
 
@@ -191,7 +255,9 @@ class Instance:
         """When the earliest waiting timer fires, so a scheduler can wake the instance."""
         due: list[datetime] = []
         for event in self._wf.waiting_events():
-            if "Timer" in str(event.event_type) and isinstance(event.value, str):
+            # event types are class names: TimeDate-, DurationTimer- and CycleTimerEventDefinition
+            if str(event.event_type).startswith(("TimeDate", "DurationTimer", "CycleTimer")) \
+                    and isinstance(event.value, str):
                 try:
                     due.append(TimerEventDefinition.get_datetime(event.value))
                 except Exception:
@@ -223,6 +289,59 @@ class Instance:
         self.run()
         return described
 
+    def waiting_messages(self) -> list[str]:
+        """Names of the messages the instance is waiting for right now (its allowed transitions)."""
+        return sorted(self._message_definitions())
+
+    def send_message(self, name: str, payload: Mapping[str, Any] | None = None) -> None:
+        """Deliver a message to the catch event waiting for it, then run on.
+
+        Raises MessageNotExpected when nothing waits for `name`, and ExecutionError.
+        """
+        definitions = self._message_definitions()
+        definition = definitions.get(name)
+        if definition is None:
+            raise MessageNotExpected(name, sorted(definitions))
+        try:
+            # The waiting spec's own definition object: SpiffWorkflow matches events by class.
+            self._wf.send_event(BpmnEvent(definition, dict(payload or {})))
+        except SpiffWorkflowException as exc:
+            raise self._execution_error(exc) from exc
+        self.run()
+
+    def _message_definitions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for task in self._wf.event_manager.tasks.values():
+            definition = task.task_spec.event_definition
+            # an event-based gateway holds the definitions of all its branches
+            for item in getattr(definition, "event_definitions", [definition]):
+                if isinstance(item, MessageEventDefinition):
+                    found[item.name] = item
+        return found
+
+    def fire_timer(self, bpmn_id: str) -> None:
+        """Fire the waiting timer event `bpmn_id` now, whatever its due time ("send the reminder now").
+
+        Raises TaskNotFound when no timer with that id is waiting, and ExecutionError.
+        """
+        try:
+            self._wf.refresh_timers()  # a timer reached but never checked has no due time yet
+        except SpiffWorkflowException as exc:
+            raise self._execution_error(exc) from exc
+        # just past, so that a cycle fires once and its next occurrence stays one period away
+        past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+        waiting = [t for t in self._wf.get_tasks(state=TaskState.WAITING) if t.task_spec.bpmn_id == bpmn_id
+                   and isinstance(getattr(t.task_spec, "event_definition", None), TimerEventDefinition)]
+        if not waiting:
+            raise TaskNotFound(f"no timer {bpmn_id!r} is waiting in this instance")
+        for task in waiting:
+            value = task.internal_data.get("event_value")
+            if isinstance(value, dict):  # a cycle: move its next occurrence into the past
+                value["next"] = past
+            else:
+                task.internal_data["event_value"] = past
+        self.fire_due_timers()
+
     def fire_due_timers(self) -> None:
         """Fire every timer whose time has come, then run on."""
         self._wf.refresh_timers()
@@ -230,6 +349,25 @@ class Instance:
 
     def cancel(self) -> None:
         self._wf.cancel()
+
+    # ------------------------------------------------------------------ incidents
+    def failed_task(self) -> dict[str, Any] | None:
+        """After an ExecutionError: the first task in ERROR as {task_id, bpmn_id, data (a copy)}."""
+        for task in self._wf.get_tasks(state=TaskState.ERROR):
+            return {"task_id": str(task.id), "bpmn_id": task.task_spec.bpmn_id, "data": dict(task.data)}
+        return None
+
+    def merge_data(self, data: Mapping[str, Any]) -> None:
+        """Merge corrected `data` into every READY or WAITING task: the steps that run next inherit it.
+
+        Raises ValueError for reserved keys, as `complete` does.
+        """
+        payload = dict(data)
+        bad = [k for k in payload if not isinstance(k, str) or k.startswith(RESERVED_PREFIX)]
+        if bad:
+            raise ValueError(f"reserved keys cannot be written: {sorted(map(str, bad))}")
+        for task in self._wf.get_tasks(state=TaskState.READY | TaskState.WAITING):
+            task.set_data(**payload)
 
     # ------------------------------------------------------------------ helpers
     def _find(self, task_id: str) -> Any:
@@ -312,6 +450,26 @@ class Instance:
         )
         error.cause = exc.__cause__ or getattr(exc, "exception", None)
         return error
+
+
+def decide(deployment: Deployment, decision_id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Evaluate one decision table of `deployment` against `data`, outside any process.
+
+    Returns the outputs of the matching rule(s) exactly as a business rule task would merge them
+    ({} when no rule matches). Raises DeploymentError (unknown decision) and ExecutionError.
+    """
+    table = deployment.decision(decision_id)
+    file = deployment.decision_files.get(decision_id)
+    workflow = SimpleNamespace(script_engine=_ScriptEngine(_no_services), spec=SimpleNamespace(file=file))
+    workflow.top_workflow = workflow
+    spec = SimpleNamespace(name=decision_id, bpmn_id=decision_id, bpmn_name=decision_id)
+    task = SimpleNamespace(data=dict(data), workflow=workflow, id=None, task_spec=spec)
+    try:
+        return dict(table.result(task))
+    except (SpiffWorkflowException, sandbox.SandboxError) as exc:
+        error = ExecutionError(str(exc).strip(), file=file, element_id=decision_id)
+        error.cause = exc.__cause__ or exc
+        raise error from exc
 
 
 def _names(value: Any) -> tuple[str, ...]:

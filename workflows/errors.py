@@ -59,6 +59,15 @@ class TaskNotReady(WorkflowError):
         super().__init__(f"task {task_id} is {state}, not a ready human task")
 
 
+class MessageNotExpected(WorkflowError):
+    """The instance is not waiting for this message; `waiting` lists the ones it would take."""
+
+    def __init__(self, name: str, waiting: list[str]):
+        self.name = name
+        self.waiting = waiting
+        super().__init__(f"not waiting for message {name!r}; waiting for {', '.join(waiting) or 'nothing'}")
+
+
 class StateError(WorkflowError):
     """The stored state cannot be restored with this deployment or serializer version."""
 

@@ -20,6 +20,7 @@ class AppState:
     engine: Engine
     session_factory: sessionmaker[Session]
     deployments: DeploymentCache
+    read_session_factory: sessionmaker[Session] | None = None
 
 
 def state(app: Flask | None = None) -> AppState:
@@ -40,7 +41,9 @@ def command_uow() -> UnitOfWork:
 
 def read_uow(*, scoped: bool = True) -> UnitOfWork:
     """A unit of work for reads; request-scoped ones stay open until the response is written."""
-    uow = UnitOfWork(state().session_factory, request_id=getattr(g, "request_id", None))
+    app_state = state()
+    uow = UnitOfWork(app_state.read_session_factory or app_state.session_factory,
+                     request_id=getattr(g, "request_id", None))
     if scoped:
         uow.close_on_exit = False
         g.setdefault("read_uows", []).append(uow)

@@ -17,7 +17,8 @@ from sqlalchemy import select
 
 from ..errors import Conflict
 from ..models import IdempotencyRecord
-from .context import read_uow
+from ..uow import UnitOfWork
+from .context import read_uow, state
 from .problems import problem
 
 HEADER = "Idempotency-Key"
@@ -86,7 +87,7 @@ def register_idempotency(app: Flask) -> None:
             winner = _stored(g.user.id, key)
             return _replay(winner) if winner is not None and winner.fingerprint == g.idempotency_fp else response
         if uow is None:
-            uow = read_uow(scoped=False)
+            uow = UnitOfWork(state().session_factory)
         with uow:
             uow.s.add(IdempotencyRecord(
                 user_id=g.user.id, key=key, method=request.method, path=request.full_path[:500],

@@ -44,6 +44,27 @@ class AccountPage(PageMeta):
 
 
 # --------------------------------------------------------------------------- contracts
+class ContactIn(Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    email = fields.Email(required=True)
+    phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=50))
+    role = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=120))
+
+
+class ContactOut(Schema):
+    id = fields.Integer()
+    account_id = fields.Integer()
+    name = fields.String()
+    email = fields.String()
+    phone = fields.String(allow_none=True)
+    role = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class ContactPage(PageMeta):
+    items = fields.List(fields.Nested(ContactOut))
+
+
 class ContractIn(Strict):
     account_id = fields.Integer(required=True, strict=True)
     number = fields.String(required=True, validate=validate.Length(min=1, max=80))
@@ -51,6 +72,9 @@ class ContractIn(Strict):
     value = fields.Decimal(places=2, as_string=True, allow_nan=False, validate=validate.Range(min=0),
                            load_default=None, allow_none=True)
     currency = fields.String(required=True, validate=CURRENCY)
+    start_date = fields.Date(load_default=None, allow_none=True)
+    end_date = fields.Date(load_default=None, allow_none=True)
+    status = fields.String(load_default="active", validate=validate.OneOf(["draft", "active", "closed"]))
 
 
 class ContractOut(Schema):
@@ -61,6 +85,8 @@ class ContractOut(Schema):
     value = fields.Decimal(places=2, as_string=True, allow_none=True)
     currency = fields.String()
     status = fields.String()
+    start_date = fields.Date(allow_none=True)
+    end_date = fields.Date(allow_none=True)
     created_at = fields.DateTime()
 
 
@@ -73,15 +99,28 @@ class ContractListArgs(PageArgs):
 
 
 # --------------------------------------------------------------------------- milestones
-class MilestoneIn(Strict):
-    contract_id = fields.Integer(required=True, strict=True)
+class ExternalRef(Strict):
+    system = fields.String(required=True, validate=validate.Length(min=1, max=80))
+    reference = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+
+class MilestoneFields(Strict):
     code = fields.String(required=True, validate=validate.Length(min=1, max=80))
     description = fields.String(load_default="", validate=validate.Length(max=10000))
     type = fields.String(required=True, validate=validate.OneOf(["financial", "non_financial"]))
-    amount = fields.Decimal(places=2, as_string=True, allow_nan=False, validate=validate.Range(min=0),
-                            load_default=None, allow_none=True)
+    amount = fields.Decimal(places=2, as_string=True, allow_nan=False,
+                            validate=validate.Range(min=0, min_inclusive=False), load_default=None, allow_none=True)
+    percentage = fields.Decimal(places=4, as_string=True, allow_nan=False,
+                                validate=validate.Range(min=0, max=100, min_inclusive=False),
+                                load_default=None, allow_none=True)
     currency = fields.String(load_default=None, allow_none=True, validate=CURRENCY)
     due_date = fields.Date(load_default=None, allow_none=True)
+    external_refs = fields.List(fields.Nested(ExternalRef), load_default=list, validate=validate.Length(max=50))
+    primary_contact_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class MilestoneIn(MilestoneFields):
+    contract_id = fields.Integer(required=True, strict=True)
 
 
 class MilestoneOut(Schema):
@@ -92,9 +131,14 @@ class MilestoneOut(Schema):
     description = fields.String()
     type = fields.String()
     amount = fields.Decimal(places=2, as_string=True, allow_none=True)
+    percentage = fields.Decimal(as_string=True, allow_none=True)
     currency = fields.String()
     due_date = fields.Date(allow_none=True)
+    external_refs = fields.List(fields.Dict())
+    primary_contact_id = fields.Integer(allow_none=True)
     status = fields.String()
+    published = fields.Boolean()
+    published_at = fields.DateTime(allow_none=True)
     round = fields.Integer()
     version = fields.Integer()
     created_at = fields.DateTime()
@@ -105,10 +149,69 @@ class MilestonePage(PageMeta):
     items = fields.List(fields.Nested(MilestoneOut))
 
 
-class MilestoneListArgs(PageArgs):
-    contract_id = fields.Integer(load_default=None)
-    status = fields.String(load_default=None)
+class MilestoneFilterArgs(Strict):
+    status = fields.String(load_default=None, validate=validate.OneOf(
+        ["draft", "active", "submitted", "approved", "declined", "completed", "cancelled"]))
     type = fields.String(load_default=None, validate=validate.OneOf(["financial", "non_financial"]))
+    contract_id = fields.Integer(load_default=None)
+    account_id = fields.Integer(load_default=None)
+    primary_contact_id = fields.Integer(load_default=None)
+    due_before = fields.Date(load_default=None)
+    due_after = fields.Date(load_default=None)
+    overdue = fields.Boolean(load_default=None)
+    published = fields.Boolean(load_default=None)
+    sort = fields.String(load_default="due_date", validate=validate.OneOf(
+        ["due_date", "-due_date", "amount", "-amount", "status", "-status", "code", "created"]))
+
+
+class MilestoneListArgs(MilestoneFilterArgs, PageArgs):
+    pass
+
+
+class MilestoneSummary(Schema):
+    total = fields.Integer()
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    by_due = fields.Dict(keys=fields.String(), values=fields.Integer())
+    as_of = fields.String()
+    week_ends = fields.String()
+
+
+class TransactionIn(Strict):
+    kind = fields.String(required=True, validate=validate.OneOf(
+        ["payment", "invoice", "retainage", "credit_note", "adjustment"]))
+    amount = fields.Decimal(places=2, as_string=True, allow_nan=False, required=True,
+                            validate=validate.Range(min=0, min_inclusive=False))
+    currency = fields.String(required=True, validate=CURRENCY)
+    occurred_on = fields.Date(required=True)
+    external_ref = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    milestone_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+    objective_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class TransactionLinkIn(Strict):
+    milestone_id = fields.Integer(required=True, strict=True)
+    objective_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+
+
+class TransactionOut(Schema):
+    id = fields.Integer()
+    contract_id = fields.Integer()
+    kind = fields.String()
+    amount = fields.Decimal(places=2, as_string=True)
+    currency = fields.String()
+    occurred_on = fields.Date()
+    external_ref = fields.String(allow_none=True)
+    milestone_id = fields.Integer(allow_none=True)
+    objective_id = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class TransactionPage(PageMeta):
+    items = fields.List(fields.Nested(TransactionOut))
+
+
+class TransactionListArgs(PageArgs):
+    milestone_id = fields.Integer(load_default=None)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -191,6 +294,7 @@ class ReleaseOut(Schema):
 
 
 class MilestoneDetail(MilestoneOut):
+    allowed_actions = fields.List(fields.String())
     open_tasks = fields.List(fields.Nested(TaskOut))
     decisions = fields.List(fields.Nested(TaskOut))
     history = fields.List(fields.Nested(AuditOut))

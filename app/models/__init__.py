@@ -127,6 +127,22 @@ class Account(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
+class Contact(Base):
+    """A person at an account; a milestone's primary contact is responsible for completing it."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (UniqueConstraint("account_id", "email", name="uq_contacts_account_email"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    role: Mapped[str | None] = mapped_column(String(120))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Contract(Base):
     __tablename__ = "contracts"
 
@@ -137,6 +153,8 @@ class Contract(Base):
     value: Mapped[Decimal | None] = mapped_column()
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(20), default="active")
+    start_date: Mapped[date | None] = mapped_column()
+    end_date: Mapped[date | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
@@ -157,8 +175,15 @@ class Milestone(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     type: Mapped[str] = mapped_column(String(20))  # financial | non_financial
     amount: Mapped[Decimal | None] = mapped_column()
+    # When set, `amount` was computed from it and the contract value at creation.
+    percentage: Mapped[Decimal | None] = mapped_column(Numeric(7, 4))
     currency: Mapped[str] = mapped_column(String(3))
     due_date: Mapped[date | None] = mapped_column()
+    external_refs: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    primary_contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
+    # Written only by the lifecycle workflow's publish/unpublish steps.
+    published: Mapped[bool] = mapped_column(Boolean, default=False)
+    published_at: Mapped[datetime | None] = mapped_column()
     # Written only by the workflow's service steps (see app.services.runtime), never by the API.
     status: Mapped[str] = mapped_column(String(20), default="draft")
     round: Mapped[int] = mapped_column(Integer, default=0)
@@ -172,6 +197,25 @@ class Milestone(Base):
 
     contract: Mapped[Contract] = relationship()
     submitted_by: Mapped[User | None] = relationship(foreign_keys=[submitted_by_id])
+    primary_contact: Mapped[Contact | None] = relationship()
+
+
+class ContractTransaction(Base):
+    """A payment, invoice, retainage... on a contract, optionally linked to a financial milestone."""
+
+    __tablename__ = "contract_transactions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    contract_id: Mapped[int] = mapped_column(ForeignKey("contracts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[Decimal] = mapped_column()
+    currency: Mapped[str] = mapped_column(String(3))
+    external_ref: Mapped[str | None] = mapped_column(String(200))
+    occurred_on: Mapped[date] = mapped_column()
+    milestone_id: Mapped[int | None] = mapped_column(ForeignKey("milestones.id"), index=True)
+    objective_id: Mapped[int | None] = mapped_column(ForeignKey("objectives.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
 
 class FundRelease(Base):
@@ -221,8 +265,8 @@ class WorkflowInstance(Base):
 
     __tablename__ = "workflow_instances"
     __table_args__ = (
-        # One instance per milestone round: two concurrent submissions cannot both start one.
-        UniqueConstraint("milestone_id", "round", name="uq_workflow_instances_milestone_round"),
+        # One instance per milestone, process and round: two concurrent submissions cannot both start one.
+        UniqueConstraint("milestone_id", "process_id", "round", name="uq_workflow_instances_milestone_round"),
         Index("ix_workflow_instances_next_timer", "status", "next_timer_at"),
     )
 
@@ -235,6 +279,8 @@ class WorkflowInstance(Base):
     state: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(20), default="running")  # running | completed | cancelled
     next_timer_at: Mapped[datetime | None] = mapped_column()
+    # The messages the instance waits for (its allowed transitions), projected at every save.
+    waiting_for: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column()
@@ -323,3 +369,7 @@ class IdempotencyRecord(Base):
     response_body: Mapped[bytes] = mapped_column(LargeBinary)
     response_headers: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+from .objectives import Answer, EvidenceFile, Objective, Question  # noqa: E402,F401  (one metadata)
+from .operations import Incident  # noqa: E402,F401  (one metadata)

@@ -15,8 +15,24 @@ from ..models import AuditEvent, FundRelease, HumanTaskRow, Milestone, TaskCandi
 from ..uow import UnitOfWork
 from . import audit
 from .identity import group_names
+from .incidents import incident_on_failure, refuse_if_in_incident
+from .milestones import (
+    _load_lifecycle,
+    allowed_actions,
+    notify_approval_completed,
+    open_rework_task,
+    refuse,
+    send,
+)
 from .records import Page, paginate
-from .runtime import DeploymentCache, LoadedInstance, execution_failure, load_instance, start_instance
+from .runtime import (
+    APPROVAL_PROCESS,
+    DeploymentCache,
+    LoadedInstance,
+    execution_failure,
+    load_instance,
+    start_instance,
+)
 
 DECISIONS = ("approve", "decline")
 
@@ -150,7 +166,8 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
 
     Raises NotFound (not the caller's task), Forbidden (segregation of duties), ValidationFailed
     (missing decision or decline reason), Conflict (already completed, claimed by someone else,
-    or a concurrent completion won) and WorkflowFailure.
+    or a concurrent completion won) and WorkflowIncident (a step failed: nothing was kept and the
+    instance is held in an incident; also when it already is).
     """
     task = _task_for(uow, user, task_id)
     _check_segregation(uow, user, task)
@@ -169,6 +186,7 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
         raise ValidationFailed("the completion is incomplete", errors)
 
     loaded = load_instance(uow, cache, task.instance_id)
+    refuse_if_in_incident(uow, loaded.row)
     payload: dict[str, Any] = {"completed_by": user.username}
     if decision is not None:
         payload["decision"] = decision
@@ -176,7 +194,10 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
         payload["comment"] = comment
     if data:
         payload["form"] = data  # namespaced: a form can never overwrite routing or identity keys
-    _run_completion(loaded, task_id, payload)
+    command = {"kind": "complete_task", "task_id": task_id, "user_id": user.id, "decision": decision,
+               "comment": comment, "data": data}
+    with incident_on_failure(uow, loaded, command):
+        _run_completion(loaded, task_id, payload)
     task.status = "completed"
     task.completed_at = utcnow()
     task.completed_by_id = user.id
@@ -188,6 +209,9 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
                  after={"decision": decision, "comment": comment, "bpmn_id": task.bpmn_id,
                         "milestone_id": task.milestone_id, "by": user.username})
     _maybe_start_next_round(uow, cache, loaded)
+    milestone = loaded.services.milestone
+    if milestone is not None and loaded.instance.is_completed and milestone.status == "completed":
+        notify_approval_completed(uow, cache, milestone)
     uow.commit()
     uow.s.refresh(task)
     return task
@@ -207,46 +231,47 @@ def _run_completion(loaded: LoadedInstance, task_id: str, payload: dict[str, Any
 
 # --------------------------------------------------------------------------- submit
 def submit_milestone(uow: UnitOfWork, cache: DeploymentCache, user: User, milestone_id: int) -> Submission:
-    """Start the approval workflow for a draft milestone, or resume a declined one.
+    """Submit an active milestone for approval, or resubmit a declined one as the next round.
 
-    A declined milestone waits in its submitter's rework task; submitting again completes that
-    task, which ends the round, and a new instance runs the next round (bounded task trees).
-    Raises NotFound, Forbidden (someone other than the submitter resubmits), InvalidTransition.
+    The completeness gate runs first (409 listing what is missing per objective). An active
+    milestone is submitted by asking its lifecycle workflow, which starts approval round 1; a
+    declined one waits in its submitter's rework task, and completing that task ends the round
+    and starts the next one as a new instance (bounded task trees).
+    Raises NotFound, Forbidden (someone other than the submitter resubmits), InvalidTransition,
+    Conflict (incomplete).
     """
+    from .objectives import raise_if_incomplete
+
     milestone = uow.s.get(Milestone, milestone_id)
     if milestone is None:
         raise NotFound(f"no milestone {milestone_id}")
-    running = uow.s.scalar(
-        select(WorkflowInstance).where(WorkflowInstance.milestone_id == milestone.id,
-                                       WorkflowInstance.status == "running")
-        .order_by(WorkflowInstance.round.desc()).limit(1)
-    )
-    if running is not None:
-        rework = uow.s.scalar(select(HumanTaskRow).where(
-            HumanTaskRow.instance_id == running.id, HumanTaskRow.status == "open",
-            exists().where(TaskCandidate.task_id == HumanTaskRow.id, TaskCandidate.kind == "user"),
-        ))
-        if rework is None:
-            raise InvalidTransition(
-                f"milestone {milestone.code} is {milestone.status} and already in review (round {milestone.round})",
-                current=milestone.status, allowed=[],
-            )
+    if "submit" not in allowed_actions(uow, milestone):
+        raise refuse(uow, milestone, "submit")
+    rework = open_rework_task(uow, milestone.id)
+    if rework is not None:
         if not any(c.kind == "user" and c.name == user.username for c in rework.candidates):
             raise Forbidden(f"only the submitter of milestone {milestone.code} can resubmit it")
+        raise_if_incomplete(uow, milestone)
         complete_task(uow, cache, user, rework.id, comment="resubmitted")
-        latest = uow.s.scalar(select(WorkflowInstance).where(WorkflowInstance.milestone_id == milestone.id)
-                              .order_by(WorkflowInstance.round.desc()).limit(1))
-        assert latest is not None
+        latest = _latest_round(uow, milestone.id)
         return Submission(milestone, latest.id, latest.round, True, _open_tasks(uow, latest.id))
-    if milestone.status != "draft":
-        raise InvalidTransition(
-            f"milestone {milestone.code} is {milestone.status}; only a draft milestone can be submitted",
-            current=milestone.status, allowed=["submitted"] if milestone.status == "draft" else [],
-        )
+    raise_if_incomplete(uow, milestone)
     milestone.submitted_by_id = user.id
+    lifecycle = _load_lifecycle(uow, cache, milestone)
+    send(lifecycle, "submit", user)
+    if not lifecycle.services.approval_round_requested:
+        raise refuse(uow, milestone, "submit")
     loaded = _start_round(uow, cache, milestone, user)
     uow.commit()
     return Submission(milestone, loaded.row.id, loaded.row.round, False, _open_tasks(uow, loaded.row.id))
+
+
+def _latest_round(uow: UnitOfWork, milestone_id: int) -> WorkflowInstance:
+    latest = uow.s.scalar(select(WorkflowInstance).where(
+        WorkflowInstance.milestone_id == milestone_id, WorkflowInstance.process_id == APPROVAL_PROCESS)
+        .order_by(WorkflowInstance.round.desc()).limit(1))
+    assert latest is not None
+    return latest
 
 
 def _start_round(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone, submitter: User) -> LoadedInstance:

@@ -1,4 +1,4 @@
-"""A small demo: one account, one contract, three milestones, four approval groups, four users."""
+"""A small demo: one account, one contract, three active milestones, four approval groups, four users."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from ..models import Account, User
 from ..uow import UnitOfWork
-from . import identity, records
+from . import identity, milestones, records
+from .runtime import DeploymentCache
 
 DEMO_USERS = {
     "alice": ["contract-managers"],
@@ -19,7 +20,7 @@ DEMO_USERS = {
 }
 
 
-def load_demo(uow: UnitOfWork) -> dict[str, str]:
+def load_demo(uow: UnitOfWork, cache: DeploymentCache) -> dict[str, str]:
     """Create the demo records once (idempotent) and issue a fresh token per demo user."""
     for name, groups in DEMO_USERS.items():
         if uow.s.scalar(select(User).where(User.username == name)) is None:
@@ -31,12 +32,15 @@ def load_demo(uow: UnitOfWork) -> dict[str, str]:
         contract = records.create_contract(uow, account.id, "C-2026-001", "Office tower, phase 1", "EUR",
                                            Decimal("250000.00"))
         today = date.today()
-        records.create_milestone(uow, contract.id, "M1", "financial", amount=Decimal("50000.00"),
-                                 description="Foundations poured and inspected", due_date=today + timedelta(days=14))
-        records.create_milestone(uow, contract.id, "M2", "non_financial",
-                                 description="Site safety plan signed off", due_date=today + timedelta(days=7))
-        records.create_milestone(uow, contract.id, "M3", "financial", amount=Decimal("5000.00"),
-                                 description="Permit fees reimbursed", due_date=today + timedelta(days=30))
+        specs = [
+            ("M1", "financial", Decimal("50000.00"), "Foundations poured and inspected", 14),
+            ("M2", "non_financial", None, "Site safety plan signed off", 7),
+            ("M3", "financial", Decimal("5000.00"), "Permit fees reimbursed", 30),
+        ]
+        for code, type_, amount, description, days in specs:
+            milestone = milestones.create_milestone(uow, cache, contract.id, code, type_, amount=amount,
+                                                    description=description, due_date=today + timedelta(days=days))
+            milestones.transition(uow, cache, alice, milestone.id, "activate")
         uow.actor_id = None
     tokens = {name: identity.issue_token(uow, identity.get_user(uow, name), name="demo") for name in DEMO_USERS}
     uow.commit()

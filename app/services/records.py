@@ -1,4 +1,4 @@
-"""Accounts, contracts and milestones: create, list, get."""
+"""Accounts, their contacts, contracts; milestone lookup. (Milestone creation: services.milestones.)"""
 
 from __future__ import annotations
 
@@ -10,12 +10,9 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ..errors import Conflict, NotFound, ValidationFailed
-from ..models import Account, Contract, Milestone
+from ..models import Account, Contact, Contract, Milestone
 from ..uow import UnitOfWork
 from . import audit
-
-MILESTONE_TYPES = ("financial", "non_financial")
-
 
 @dataclass
 class Page:
@@ -54,15 +51,40 @@ def list_accounts(uow: UnitOfWork, page: int, page_size: int) -> Page:
     return paginate(uow, select(Account).order_by(Account.id), page, page_size)
 
 
+# --------------------------------------------------------------------------- contacts
+def create_contact(uow: UnitOfWork, account_id: int, name: str, email: str, phone: str | None = None,
+                   role: str | None = None) -> Contact:
+    if uow.s.get(Account, account_id) is None:
+        raise NotFound(f"no account {account_id}")
+    email = email.strip().lower()
+    if uow.s.scalar(select(Contact.id).where(Contact.account_id == account_id, Contact.email == email)):
+        raise Conflict(f"a contact with e-mail {email} already exists on this account", field="email")
+    contact = Contact(account_id=account_id, name=name, email=email, phone=phone, role=role)
+    uow.s.add(contact)
+    uow.flush()
+    audit.record(uow, "contact.created", "account", account_id, after={"contact_id": contact.id, "name": name})
+    uow.commit()
+    return contact
+
+
+def list_contacts(uow: UnitOfWork, account_id: int, page: int, page_size: int) -> Page:
+    get_account(uow, account_id)
+    return paginate(uow, select(Contact).where(Contact.account_id == account_id).order_by(Contact.id), page, page_size)
+
+
 # --------------------------------------------------------------------------- contracts
 def create_contract(uow: UnitOfWork, account_id: int, number: str, title: str, currency: str,
-                    value: Decimal | None = None) -> Contract:
+                    value: Decimal | None = None, start_date: date | None = None,
+                    end_date: date | None = None, status: str = "active") -> Contract:
     if uow.s.get(Account, account_id) is None:
         raise ValidationFailed("unknown account", {"account_id": [f"no account {account_id}"]})
+    if start_date and end_date and end_date < start_date:
+        raise ValidationFailed("the contract ends before it starts", {"end_date": ["must not be before start_date"]})
     if uow.s.scalar(select(Contract.id).where(Contract.number == number)) is not None:
-        raise Conflict(f"contract number {number!r} is already used")
+        raise Conflict(f"contract number {number!r} is already used", field="number")
     contract = Contract(account_id=account_id, number=number, title=title, currency=currency.upper(),
-                        value=value, created_by_id=uow.actor_id)
+                        value=value, start_date=start_date, end_date=end_date, status=status,
+                        created_by_id=uow.actor_id)
     uow.s.add(contract)
     uow.flush()
     audit.record(uow, "contract.created", "contract", contract.id,
@@ -86,50 +108,8 @@ def list_contracts(uow: UnitOfWork, page: int, page_size: int, account_id: int |
 
 
 # --------------------------------------------------------------------------- milestones
-def create_milestone(uow: UnitOfWork, contract_id: int, code: str, type: str, currency: str | None = None,
-                     amount: Decimal | None = None, description: str = "", due_date: date | None = None) -> Milestone:
-    """Create a draft milestone on a contract. Raises ValidationFailed, Conflict (duplicate code)."""
-    contract = uow.s.get(Contract, contract_id)
-    if contract is None:
-        raise ValidationFailed("unknown contract", {"contract_id": [f"no contract {contract_id}"]})
-    errors: dict[str, list[str]] = {}
-    if type not in MILESTONE_TYPES:
-        errors["type"] = [f"must be one of {', '.join(MILESTONE_TYPES)}"]
-    if type == "financial" and (amount is None or amount <= 0):
-        errors["amount"] = ["a financial milestone needs a positive amount"]
-    currency = (currency or contract.currency).upper()
-    if type == "financial" and currency != contract.currency:
-        errors["currency"] = [f"must match the contract currency {contract.currency}"]
-    if errors:
-        raise ValidationFailed("the milestone is not valid", errors)
-    if uow.s.scalar(select(Milestone.id).where(Milestone.contract_id == contract_id, Milestone.code == code)):
-        raise Conflict(f"milestone code {code!r} already exists on contract {contract.number}")
-    milestone = Milestone(
-        contract_id=contract.id, account_id=contract.account_id, code=code, description=description, type=type,
-        amount=amount, currency=currency, due_date=due_date, status="draft", created_by_id=uow.actor_id,
-    )
-    uow.s.add(milestone)
-    uow.flush()
-    audit.record(uow, "milestone.created", "milestone", milestone.id,
-                 after={"code": code, "type": type, "amount": amount, "currency": currency, "status": "draft"})
-    uow.commit()
-    return milestone
-
-
 def get_milestone(uow: UnitOfWork, milestone_id: int) -> Milestone:
     milestone = uow.s.get(Milestone, milestone_id)
     if milestone is None:
         raise NotFound(f"no milestone {milestone_id}")
     return milestone
-
-
-def list_milestones(uow: UnitOfWork, page: int, page_size: int, *, contract_id: int | None = None,
-                    status: str | None = None, type: str | None = None) -> Page:
-    stmt = select(Milestone).order_by(Milestone.due_date.is_(None), Milestone.due_date, Milestone.id)
-    if contract_id is not None:
-        stmt = stmt.where(Milestone.contract_id == contract_id)
-    if status:
-        stmt = stmt.where(Milestone.status == status)
-    if type:
-        stmt = stmt.where(Milestone.type == type)
-    return paginate(uow, stmt, page, page_size)

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 import workflows
 from workflows import Deployment, DeploymentError, ExecutionError, HumanTask, Instance, ServiceCall
+from workflows.validation import check_bundle
 
 from ..errors import Conflict, NotFound, WorkflowFailure
 from ..models import (
@@ -36,7 +37,8 @@ from ..uow import UnitOfWork, as_conflict
 from . import audit
 
 APPROVAL_PROCESS = "milestone_approval"
-MILESTONE_STATUSES = ("draft", "submitted", "approved", "declined", "completed", "cancelled")
+LIFECYCLE_PROCESS = "milestone_lifecycle"
+MILESTONE_STATUSES = ("draft", "active", "submitted", "approved", "declined", "completed", "cancelled")
 
 
 class DeploymentCache:
@@ -68,9 +70,16 @@ class DeploymentCache:
         return self.get(uow, record.hash), record
 
 
-def deploy(uow: UnitOfWork, cache: DeploymentCache, files: dict[str, bytes]) -> tuple[DeploymentRecord, bool]:
-    """Store a bundle once per content hash. Returns (record, created). Raises DeploymentError."""
-    deployment = Deployment.from_files(files)
+def deploy(uow: UnitOfWork, cache: DeploymentCache, files: dict[str, bytes],
+           known_groups: set[str] | None = None) -> tuple[DeploymentRecord, bool]:
+    """Validate, then store a bundle once per content hash. Returns (record, created).
+
+    Raises DeploymentError listing every problem (`workflows.validation`); nothing is stored then.
+    """
+    checked = check_bundle(files, known_groups)
+    if checked.deployment is None:
+        raise DeploymentError(checked.problems)
+    deployment = checked.deployment
     record = uow.s.get(DeploymentRecord, deployment.hash)
     if record is not None:
         cache.add(deployment)
@@ -106,11 +115,14 @@ def deploy_directories(uow: UnitOfWork, cache: DeploymentCache, dirs: Iterable[P
 class MilestoneServices:
     """What the diagrams' service tasks may do. Runs inside the caller's transaction."""
 
-    def __init__(self, uow: UnitOfWork, milestone: Milestone | None, instance_row: WorkflowInstance | None):
+    def __init__(self, uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone | None,
+                 instance_row: WorkflowInstance | None):
         self.uow = uow
+        self.cache = cache
         self.milestone = milestone
         self.instance_row = instance_row
         self.next_round_requested = False
+        self.approval_round_requested = False
 
     def __call__(self, call: ServiceCall) -> Any:
         handler = getattr(self, f"op_{call.operation}", None)
@@ -161,6 +173,40 @@ class MilestoneServices:
         self.next_round_requested = True
         return {"requested": True, "from_round": call.params.get("from_round")}
 
+    def op_start_approval_round(self, call: ServiceCall) -> dict[str, Any]:
+        # The round starts as its own instance once the lifecycle instance is saved.
+        self.approval_round_requested = True
+        return {"requested": True}
+
+    def op_set_published(self, call: ServiceCall) -> dict[str, Any]:
+        milestone = self._milestone()
+        published = bool(call.params.get("published"))
+        before = {"published": milestone.published, "published_at": milestone.published_at}
+        milestone.published = published
+        milestone.published_at = utcnow() if published else None
+        audit.record(self.uow, "milestone.published" if published else "milestone.unpublished", "milestone",
+                     milestone.id, before=before,
+                     after={"published": published, "published_at": milestone.published_at, "by_step": call.bpmn_id})
+        return {"published": published}
+
+    def op_cancel_approval_rounds(self, call: ServiceCall) -> dict[str, Any]:
+        """Cancel every running approval round of the milestone; their tasks leave all inboxes."""
+        milestone = self._milestone()
+        cancelled = []
+        running = self.uow.s.scalars(select(WorkflowInstance).where(
+            WorkflowInstance.milestone_id == milestone.id, WorkflowInstance.process_id == APPROVAL_PROCESS,
+            WorkflowInstance.status == "running"))
+        for row in list(running):
+            loaded = load_instance(self.uow, self.cache, row.id)
+            loaded.instance.cancel()
+            loaded.save()
+            row.status = "cancelled"
+            row.completed_at = utcnow()
+            cancelled.append(row.id)
+            audit.record(self.uow, "workflow.cancelled", "workflow_instance", row.id,
+                         after={"milestone_id": milestone.id, "round": row.round, "by_step": call.bpmn_id})
+        return {"cancelled_instances": cancelled}
+
     def _instance_id(self) -> int:
         if self.instance_row is None or self.instance_row.id is None:
             self.uow.flush()
@@ -184,6 +230,7 @@ class LoadedInstance:
         row.serializer_version = instance.serializer_version
         row.updated_at = utcnow()
         row.next_timer_at = instance.next_timer_due()
+        row.waiting_for = instance.waiting_messages()
         if instance.is_completed and row.status == "running":
             row.status = "completed"
             row.completed_at = utcnow()
@@ -192,14 +239,15 @@ class LoadedInstance:
 
 
 def start_instance(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone, data: dict[str, Any],
-                   process_id: str = APPROVAL_PROCESS) -> LoadedInstance:
+                   process_id: str = APPROVAL_PROCESS, round: int | None = None) -> LoadedInstance:
     deployment, record = cache.latest(uow)
-    row = WorkflowInstance(milestone_id=milestone.id, round=milestone.round, process_id=process_id,
+    row = WorkflowInstance(milestone_id=milestone.id, round=milestone.round if round is None else round,
+                           process_id=process_id,
                            deployment_hash=record.hash, serializer_version=workflows.SERIALIZER_VERSION,
                            state=b"", status="running")
     uow.s.add(row)
     uow.flush()  # a second submission of the same round fails here on the unique key
-    services = MilestoneServices(uow, milestone, row)
+    services = MilestoneServices(uow, cache, milestone, row)
     try:
         instance = Instance.start(deployment, process_id, data, services)
     except ExecutionError as exc:
@@ -216,7 +264,7 @@ def load_instance(uow: UnitOfWork, cache: DeploymentCache, instance_id: int) -> 
     if row is None:
         raise NotFound(f"no workflow instance {instance_id}")
     milestone = uow.s.get(Milestone, row.milestone_id) if row.milestone_id is not None else None
-    services = MilestoneServices(uow, milestone, row)
+    services = MilestoneServices(uow, cache, milestone, row)
     deployment = cache.get(uow, row.deployment_hash)
     try:
         instance = Instance.restore(deployment, row.state, row.serializer_version, services)
@@ -265,4 +313,13 @@ def execution_failure(exc: ExecutionError) -> Exception:
     conflict = as_conflict(exc.cause) if exc.cause is not None else None
     if conflict is not None:
         return conflict
-    return WorkflowFailure(str(exc), file=exc.file, element_id=exc.element_id)
+    return StepFailed(exc)
+
+
+class StepFailed(WorkflowFailure):
+    """A script, decision or service step failed. Use cases that advance a saved instance turn it
+    into an incident (`app.services.incidents.incident_on_failure`); elsewhere it stays a 500."""
+
+    def __init__(self, error: ExecutionError):
+        super().__init__(str(error), file=error.file, element_id=error.element_id)
+        self.error = error

@@ -9,10 +9,11 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import Conflict, DomainError
+from ..errors import Conflict, DomainError, WorkflowIncident
 from ..models import WorkflowInstance, utcnow
 from ..uow import UnitOfWork
 from . import audit
+from .incidents import incident_on_failure, refuse_if_in_incident
 from .runtime import DeploymentCache, load_instance
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,31 @@ def fire_due_timers(session_factory: sessionmaker[Session], cache: DeploymentCac
     for instance_id in due:
         try:
             with UnitOfWork(session_factory) as uow:
-                loaded = load_instance(uow, cache, instance_id)
-                before = loaded.row.next_timer_at
-                loaded.instance.fire_due_timers()
-                loaded.save()
-                audit.record(uow, "workflow.timers_fired", "workflow_instance", instance_id,
-                             before={"next_timer_at": before}, after={"next_timer_at": loaded.row.next_timer_at})
-                uow.commit()
+                advance_timers(uow, cache, instance_id)
             run.fired.append(instance_id)
+        except WorkflowIncident as exc:
+            log.error("timers of instance %s: %s", instance_id, exc.detail)
+            run.failed.append(instance_id)
         except Conflict:
             run.conflicts.append(instance_id)
         except DomainError as exc:
             log.error("timers of instance %s failed: %s", instance_id, exc.detail)
             run.failed.append(instance_id)
     return run
+
+
+def advance_timers(uow: UnitOfWork, cache: DeploymentCache, instance_id: int) -> None:
+    """Fire the due timers of one instance and save it; commits.
+
+    Raises Conflict (someone else saved it meanwhile) and WorkflowIncident (a step failed: the
+    instance is held in an incident, the timers stay due).
+    """
+    loaded = load_instance(uow, cache, instance_id)
+    refuse_if_in_incident(uow, loaded.row)
+    before = loaded.row.next_timer_at
+    with incident_on_failure(uow, loaded, {"kind": "fire_timers"}):
+        loaded.instance.fire_due_timers()
+    loaded.save()
+    audit.record(uow, "workflow.timers_fired", "workflow_instance", instance_id,
+                 before={"next_timer_at": before}, after={"next_timer_at": loaded.row.next_timer_at})
+    uow.commit()

@@ -25,7 +25,7 @@ def _submit(api: Any, milestone_id: int) -> dict[str, Any]:
 def test_financial_milestone_is_routed_approved_and_funds_released_once(app, people, new_milestone):
     alice, bob, carol, dave = people["alice"], people["bob"], people["carol"], people["dave"]
     milestone = new_milestone(amount="50000.00")
-    assert milestone["status"] == "draft"
+    assert milestone["status"] == "active"
 
     submission = _submit(alice, milestone["id"])
     assert submission["milestone"]["status"] == "submitted"
@@ -54,13 +54,13 @@ def test_financial_milestone_is_routed_approved_and_funds_released_once(app, peo
     assert detail["release"]["amount"] == "50000.00" and detail["release"]["currency"] == "EUR"
     assert [d["decision"] for d in detail["decisions"]] == ["approve"]
     statuses = [h["after"]["status"] for h in detail["history"] if h["action"] == "milestone.status_changed"]
-    assert statuses == ["submitted", "approved", "completed"]
+    assert statuses == ["draft", "active", "submitted", "approved", "completed"]
     assert _inbox(bob) == []
     assert [t["id"] for t in _inbox(bob, state="completed")] == [task["id"]]
 
     with app.extensions["milestones"].session_factory() as s:
         assert s.scalar(select(func.count()).select_from(FundRelease)) == 1
-        instance = s.scalar(select(WorkflowInstance))
+        instance = s.scalar(select(WorkflowInstance).where(WorkflowInstance.process_id == "milestone_approval"))
         assert instance.status == "completed"
         assert len(instance.state) < 2048  # state only, gzipped: the spec is stored once per deployment
 
@@ -115,7 +115,8 @@ def test_decline_goes_back_to_the_submitter_and_resubmission_starts_a_new_round(
     assert [(d["bpmn_id"], d["decision"]) for d in detail["decisions"]] == [
         ("review_milestone", "decline"), ("rework_milestone", None), ("review_milestone", "approve")]
     with app.extensions["milestones"].session_factory() as s:
-        rounds = s.scalars(select(WorkflowInstance.round).order_by(WorkflowInstance.round)).all()
+        rounds = s.scalars(select(WorkflowInstance.round).where(WorkflowInstance.process_id == "milestone_approval")
+                           .order_by(WorkflowInstance.round)).all()
         assert rounds == [1, 2]  # one bounded instance per round
         assert s.scalar(select(func.count()).select_from(FundRelease)) == 1
 
@@ -186,7 +187,8 @@ def test_idempotency_key_replays_the_first_answer_and_changes_nothing(app, peopl
     assert other.status_code == 422 and other.content_type == "application/problem+json"
 
     with app.extensions["milestones"].session_factory() as s:
-        assert s.scalar(select(func.count()).select_from(WorkflowInstance)) == 1
+        assert s.scalar(select(func.count()).select_from(WorkflowInstance)
+                        .where(WorkflowInstance.process_id == "milestone_approval")) == 1
         assert s.scalar(select(func.count()).select_from(FundRelease)) == 1
         completions = s.scalar(select(func.count()).select_from(AuditEvent)
                                .where(AuditEvent.action == "task.completed"))
@@ -208,7 +210,7 @@ def test_lists_filter_and_paginate(people, contract, new_milestone):
     page = alice.get("/milestones", query_string={"page_size": 2}).get_json()
     assert page["total"] == 4 and len(page["items"]) == 2
     assert alice.get("/milestones", query_string={"type": "non_financial"}).get_json()["total"] == 1
-    assert alice.get("/milestones", query_string={"status": "draft", "contract_id": contract["id"]}
+    assert alice.get("/milestones", query_string={"status": "active", "contract_id": contract["id"]}
                      ).get_json()["total"] == 4
     assert alice.get("/milestones", query_string={"status": "completed"}).get_json()["total"] == 0
     assert alice.get("/accounts").get_json()["total"] == 1

@@ -45,7 +45,9 @@ DMN_FILE = "approval_routing.dmn"
 
 # --------------------------------------------------------------------------- helpers
 def repo_files() -> dict[str, bytes]:
-    return {BPMN_FILE: (BPMN_DIR / BPMN_FILE).read_bytes(), DMN_FILE: (DMN_DIR / DMN_FILE).read_bytes()}
+    files = {p.name: p.read_bytes() for p in sorted(BPMN_DIR.glob("*.bpmn"))}
+    files.update({p.name: p.read_bytes() for p in sorted(DMN_DIR.glob("*.dmn"))})
+    return files
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +144,9 @@ def problems_of(files: Mapping[str, bytes]) -> list[Problem]:
 
 
 # --------------------------------------------------------------------------- deployment
-def test_repo_bundle_deploys_with_one_executable_process(deployment: Deployment) -> None:
-    assert deployment.executable == [PROCESS]
-    assert set(deployment.files) == {BPMN_FILE, DMN_FILE}
+def test_repo_bundle_deploys_the_approval_and_lifecycle_processes(deployment: Deployment) -> None:
+    assert sorted(deployment.executable) == [PROCESS, "milestone_lifecycle"]
+    assert {BPMN_FILE, DMN_FILE, "milestone_lifecycle.bpmn"} <= set(deployment.files)
     assert deployment.file_of(PROCESS) == BPMN_FILE
     assert len(deployment.hash) == 64 and int(deployment.hash, 16) >= 0
 
@@ -167,7 +169,7 @@ def test_hash_changes_when_one_byte_or_a_file_name_changes(deployment: Deploymen
     changed = original.replace(marker, b"hand-written BPMn")  # one byte, inside an XML comment
     assert len(changed) == len(original) and sum(a != b for a, b in zip(changed, original, strict=True)) == 1
     one_byte = Deployment.from_files({**files, BPMN_FILE: changed})
-    assert one_byte.executable == [PROCESS]
+    assert sorted(one_byte.executable) == [PROCESS, "milestone_lifecycle"]
     assert one_byte.hash != deployment.hash
 
     renamed = Deployment.from_files({"milestone_approval_v2.bpmn": original, DMN_FILE: files[DMN_FILE]})
