@@ -26,12 +26,21 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
 
 def init_state(app: Flask, settings: Settings) -> None:
+    app.extensions["milestones"] = build_state(settings)
+
+
+def build_state(settings: Settings) -> Any:
+    """Engine, session factories, deployment cache and engine limits for one process."""
+    from workflows import sandbox
+
     from .api.context import AppState
     from .db import make_engine, make_session_factory
     from .services.runtime import DeploymentCache
 
+    sandbox.configure(time_seconds=settings.script_time_seconds,
+                      memory_bytes=settings.script_memory_mb * 1024 * 1024)
     engine = make_engine(settings.database_url, echo=settings.sql_echo)
-    app.extensions["milestones"] = AppState(
+    return AppState(
         settings=settings, engine=engine, session_factory=make_session_factory(engine),
         deployments=DeploymentCache(), read_session_factory=make_session_factory(engine, read_only=True),
     )

@@ -24,14 +24,9 @@ def _opened(settings: Settings | None = None) -> Iterator[Any]:
 
 
 def _state(settings: Settings | None = None) -> Any:
-    from .api.context import AppState
-    from .db import make_engine, make_session_factory
-    from .services.runtime import DeploymentCache
+    from . import build_state
 
-    settings = settings or Settings.from_env()
-    engine = make_engine(settings.database_url)
-    return AppState(settings=settings, engine=engine, session_factory=make_session_factory(engine),
-                    deployments=DeploymentCache())
+    return build_state(settings or Settings.from_env())
 
 
 def prepare_database(state: Any) -> None:

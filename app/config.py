@@ -26,6 +26,9 @@ class Settings:
     storage_dir: Path | None = None
     evidence_max_bytes: int = 10 * 1024 * 1024
     evidence_allowed_types: tuple[str, ...] = field(default_factory=lambda: parse_types(None))
+    # Limits for diagram scripts that run in the sandbox process (those with loops or functions).
+    script_time_seconds: float = 2.0
+    script_memory_mb: int = 256
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -39,6 +42,8 @@ class Settings:
             else None,
             "evidence_max_bytes": int(os.environ.get("MILESTONES_EVIDENCE_MAX_BYTES") or 10 * 1024 * 1024),
             "evidence_allowed_types": parse_types(os.environ.get("MILESTONES_EVIDENCE_TYPES")),
+            "script_time_seconds": float(os.environ.get("MILESTONES_SCRIPT_TIME_SECONDS") or 2.0),
+            "script_memory_mb": int(os.environ.get("MILESTONES_SCRIPT_MEMORY_MB") or 256),
         }
         values.update(overrides)
         if "database_url" in overrides:
