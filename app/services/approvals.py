@@ -10,8 +10,17 @@ from sqlalchemy import exists, or_, select, update
 
 from workflows import ExecutionError, TaskNotFound, TaskNotReady
 
-from ..errors import Conflict, Forbidden, InvalidTransition, NotFound, ValidationFailed
-from ..models import AuditEvent, FundRelease, HumanTaskRow, Milestone, TaskCandidate, User, WorkflowInstance, utcnow
+from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
+from ..models import (
+    AuditEvent,
+    FundRelease,
+    HumanTaskRow,
+    Milestone,
+    TaskCandidate,
+    User,
+    WorkflowInstance,
+    utcnow,
+)
 from ..uow import UnitOfWork
 from . import audit
 from .identity import group_names

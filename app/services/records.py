@@ -14,6 +14,7 @@ from ..models import Account, Contact, Contract, Milestone
 from ..uow import UnitOfWork
 from . import audit
 
+
 @dataclass
 class Page:
     items: list[Any]

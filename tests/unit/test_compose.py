@@ -39,7 +39,7 @@ def test_api_runs_gunicorn_on_the_app_factory_after_migrating():
     target = args[-1]
     module, _, call = target.partition(":")
     assert call == "create_app()"
-    assert callable(getattr(importlib.import_module(module), "create_app"))
+    assert callable(importlib.import_module(module).create_app)
     # the milestones subcommands the api command uses exist
     assert {"db", "deploy"} <= set(cli_main.commands)
     assert "upgrade" in cli_main.commands["db"].commands
