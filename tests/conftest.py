@@ -47,11 +47,15 @@ def pg_schema_url() -> Iterator[str]:
     except Exception as exc:
         admin.dispose()
         require_service("PostgreSQL", exc)
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    # application_name marks this run's connections, so a leaked one cannot block the final drop.
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={schema}"
     try:
         yield url
     finally:
         with admin.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = :name AND pid <> pg_backend_pid()"), {"name": schema})
+            conn.execute(text("SET LOCAL lock_timeout = '30s'"))
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
 

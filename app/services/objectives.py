@@ -198,11 +198,11 @@ def set_objective_met(uow: UnitOfWork, user: User, objective_id: int, met: bool)
 
     Raises NotFound, Conflict (milestone not editable).
     """
-    objective, milestone = _visible_objective(uow, user, objective_id)
+    _, milestone = _visible_objective(uow, user, objective_id)
     _lock_for_change(uow, milestone.id, structural=False, what="objectives can be changed")
-    objective = uow.s.scalar(select(Objective).where(Objective.id == objective_id).with_for_update(of=Objective)
-                             .execution_options(populate_existing=True))
-    assert objective is not None  # objectives are never deleted
+    # Locked too, so two concurrent toggles audit what each really changed.
+    objective = uow.s.scalars(select(Objective).where(Objective.id == objective_id)
+                              .with_for_update(of=Objective).execution_options(populate_existing=True)).one()
     if objective.met != met:
         before = {"met": objective.met, "met_at": objective.met_at,
                   "met_by": objective.met_by.username if objective.met_by else None}

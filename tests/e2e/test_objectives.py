@@ -125,7 +125,7 @@ def alice(people: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def milestone(new_milestone: Any) -> dict[str, Any]:
-    return new_milestone(type="non_financial", amount=None)
+    return new_milestone(type="non_financial", amount=None, activate=False)  # a draft
 
 
 @pytest.fixture
