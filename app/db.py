@@ -1,4 +1,10 @@
-"""Engine and session factory. SQLite gets WAL and a busy timeout so that threads wait, not fail."""
+"""Engine and session factory. SQLite gets WAL and a busy timeout so that threads wait, not fail.
+
+PostgreSQL connections are not pinged at every checkout (a round trip per request): they are
+replaced after POOL_RECYCLE_SECONDS, and a connection that the server closed (a restart) fails
+the one statement that finds out, whereupon SQLAlchemy discards every pooled connection of that
+age, so the next requests reconnect. /readyz retries once on such a failure (app.api.health).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+
+POOL_RECYCLE_SECONDS = 1800
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:
@@ -17,7 +25,9 @@ def make_engine(url: str, echo: bool = False) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     else:
-        kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # pre_ping costs one round trip per checkout, but a connection killed by a database
+        # restart or failover is replaced instead of failing a user's request with a 500.
+        kwargs.update(pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS, pool_pre_ping=True)
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)

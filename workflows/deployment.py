@@ -97,6 +97,7 @@ class Deployment:
         self.executable: list[str] = []
         self.task_meta: dict[tuple[str, str], TaskMeta] = {}
         self._specs: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._human: dict[str, bool] = {}
         self._decisions: dict[str, Any] = {}
         self.decision_files: dict[str, str] = {}
         self._serializers = _Serializers()
@@ -213,6 +214,17 @@ class Deployment:
             raise DeploymentError(
                 [Problem(f"no executable process {process_id!r} in deployment {self.hash[:12]}")]
             ) from None
+
+    def has_human_tasks(self, process_id: str) -> bool:
+        """Whether an instance of `process_id` can ever have a user or manual task (called
+        processes and subprocesses included). False lets a caller skip looking for task rows."""
+        known = self._human.get(process_id)
+        if known is None:
+            spec, subprocess_specs = self.spec(process_id)
+            known = any(getattr(task_spec, "manual", False)
+                        for s in (spec, *subprocess_specs.values()) for task_spec in s.task_specs.values())
+            self._human[process_id] = known
+        return known
 
     def decision(self, decision_id: str) -> Any:
         """The parsed decision table (a SpiffWorkflow DMNEngine) with this id; DeploymentError if none."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from .context import state
 
@@ -17,13 +18,25 @@ def healthz() -> Any:
     return jsonify(status="ok")
 
 
+def _ping_database() -> None:
+    """SELECT 1; once more on a fresh connection if a pooled one turned out to be dead (the pool
+    does not ping at checkout), so that a database restart is not reported as unreadiness."""
+    for attempt in (1, 2):
+        try:
+            with state().engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+
+
 @health_blp.get("/readyz")
 def readyz() -> Any:
     checks: dict[str, str] = {}
     ok = True
     try:
-        with state().engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        _ping_database()
         checks["database"] = "ok"
     except Exception as exc:  # readiness reports, it does not raise
         ok = False

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import make_transient_to_detached
 
 from ..errors import Conflict, NotFound, Unauthenticated, ValidationFailed
 from ..models import ApiToken, Group, Membership, User
@@ -81,7 +86,54 @@ def authenticate(uow: UnitOfWork, token: str) -> User:
     return row[1]
 
 
+USER_COLUMNS = ("id", "username", "display_name", "email", "is_admin", "created_at")
+
+
+class TokenCache:
+    """Which user a token hash belongs to, per process, for `ttl` seconds; at most `size` tokens
+    (least recently used ones leave first). Only valid tokens are cached, never the secrets.
+
+    So a token that is revoked (or a user that is deleted or stops being an admin) in the
+    database stays accepted by a process that cached it for up to `ttl` seconds.
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 1024):
+        self.ttl, self.size = ttl, size
+        self._entries: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def user(self, token_hash: str) -> User | None:
+        """A detached User for a cached, still fresh entry (a new object per call)."""
+        now = time.monotonic()
+        with self._lock:
+            entry = self._entries.get(token_hash)
+            if entry is None:
+                return None
+            if now - entry[0] >= self.ttl:
+                del self._entries[token_hash]
+                return None
+            self._entries.move_to_end(token_hash)
+            values = entry[1]
+        user = User(**values)
+        make_transient_to_detached(user)  # as if loaded and expunged: no session, no lazy loads
+        return user
+
+    def put(self, token_hash: str, user: User) -> None:
+        values = {name: getattr(user, name) for name in USER_COLUMNS}
+        with self._lock:
+            self._entries[token_hash] = (time.monotonic(), values)
+            self._entries.move_to_end(token_hash)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_GROUP_NAMES = select(Group.name).join(Membership, Membership.group_id == Group.id).where(
+    Membership.user_id == bindparam("user_id"))
+
+
 def group_names(uow: UnitOfWork, user_id: int) -> list[str]:
-    return list(uow.s.scalars(
-        select(Group.name).join(Membership, Membership.group_id == Group.id).where(Membership.user_id == user_id)
-    ))
+    return list(uow.s.scalars(_GROUP_NAMES, {"user_id": user_id}))

@@ -12,7 +12,8 @@ from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy.orm import aliased
 
 from workflows import ExecutionError, MessageNotExpected
 
@@ -76,13 +77,14 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
         seen.add(key)
     if errors:
         raise ValidationFailed("the milestone is not valid", errors)
-    if uow.s.scalar(select(Milestone.id).where(Milestone.contract_id == contract_id, Milestone.code == code)):
+    # One query for both checks: is the code taken, and what do the contract's milestones total.
+    taken, committed = uow.s.execute(select(
+        func.count().filter(Milestone.code == code),
+        func.coalesce(func.sum(Milestone.amount).filter(Milestone.status != "cancelled"), 0),
+    ).where(Milestone.contract_id == contract_id)).one()
+    if taken:
         raise Conflict(f"milestone code {code!r} already exists on contract {contract.number}", field="code")
     if amount and contract.value is not None:
-        committed = uow.s.scalar(
-            select(func.coalesce(func.sum(Milestone.amount), 0)).where(
-                Milestone.contract_id == contract.id, Milestone.status != "cancelled")
-        )
         total = Decimal(committed) + amount
         if total > contract.value:
             raise Conflict(
@@ -109,21 +111,51 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
 
 
 # --------------------------------------------------------------------------- transitions
+_LIFECYCLE_ROW = select(WorkflowInstance).where(
+    WorkflowInstance.milestone_id == bindparam("milestone_id"), WorkflowInstance.process_id == LIFECYCLE_PROCESS,
+    WorkflowInstance.status == "running")
+
+
 def lifecycle_row(uow: UnitOfWork, milestone_id: int) -> WorkflowInstance | None:
-    return uow.s.scalar(select(WorkflowInstance).where(
-        WorkflowInstance.milestone_id == milestone_id, WorkflowInstance.process_id == LIFECYCLE_PROCESS,
-        WorkflowInstance.status == "running"))
+    return uow.s.scalar(_LIFECYCLE_ROW, {"milestone_id": milestone_id})
+
+
+# A milestone's running lifecycle instance (as `lifecycle_row` finds it), to join to a query so
+# that one round trip reads both. Built once: building aliases and statements costs more than
+# running them.
+LIFECYCLE = aliased(WorkflowInstance, name="lifecycle")
+
+
+def running_lifecycle_on(milestone_id: Any) -> Any:
+    """The ON clause joining LIFECYCLE to `milestone_id` (a column)."""
+    return and_(LIFECYCLE.milestone_id == milestone_id, LIFECYCLE.process_id == LIFECYCLE_PROCESS,
+                LIFECYCLE.status == "running")
+
+
+_MILESTONE_WITH_LIFECYCLE = (select(Milestone, LIFECYCLE).outerjoin(LIFECYCLE, running_lifecycle_on(Milestone.id))
+                             .where(Milestone.id == bindparam("milestone_id")))
+
+
+def milestone_with_lifecycle(uow: UnitOfWork, milestone_id: int) -> tuple[Milestone, WorkflowInstance | None]:
+    """The milestone (NotFound) and its running lifecycle instance row, in one query."""
+    found = uow.s.execute(_MILESTONE_WITH_LIFECYCLE, {"milestone_id": milestone_id}).first()
+    if found is None:
+        raise NotFound(f"no milestone {milestone_id}")
+    return found[0], found[1]
+
+
+_OPEN_REWORK_TASK = (
+    select(HumanTaskRow).join(WorkflowInstance, WorkflowInstance.id == HumanTaskRow.instance_id).where(
+        HumanTaskRow.milestone_id == bindparam("milestone_id"), HumanTaskRow.status == "open",
+        WorkflowInstance.process_id == APPROVAL_PROCESS,
+        select(TaskCandidate.task_id).where(TaskCandidate.task_id == HumanTaskRow.id,
+                                            TaskCandidate.kind == "user").exists(),
+    ).limit(1))
 
 
 def open_rework_task(uow: UnitOfWork, milestone_id: int) -> HumanTaskRow | None:
     """The submitter's open rework task of a declined milestone, if there is one."""
-    return uow.s.scalar(
-        select(HumanTaskRow).join(WorkflowInstance, WorkflowInstance.id == HumanTaskRow.instance_id).where(
-            HumanTaskRow.milestone_id == milestone_id, HumanTaskRow.status == "open",
-            WorkflowInstance.process_id == APPROVAL_PROCESS,
-            select(TaskCandidate.task_id).where(TaskCandidate.task_id == HumanTaskRow.id,
-                                                TaskCandidate.kind == "user").exists(),
-        ).limit(1))
+    return uow.s.scalar(_OPEN_REWORK_TASK, {"milestone_id": milestone_id})
 
 
 def allowed_actions(uow: UnitOfWork, milestone: Milestone) -> list[str]:
@@ -135,6 +167,16 @@ def allowed_actions(uow: UnitOfWork, milestone: Milestone) -> list[str]:
     if open_rework_task(uow, milestone.id) is not None:
         allowed.add("submit")
     return [a for a in API_ACTIONS if a in allowed]
+
+
+def allows(uow: UnitOfWork, milestone: Milestone, action: str, row: WorkflowInstance | None) -> bool:
+    """`action in allowed_actions(uow, milestone)` for an already read lifecycle `row`; looks
+    for a rework task only when that decides (a submit the lifecycle does not wait for)."""
+    waiting = set(row.waiting_for or []) if row is not None else set()
+    if action in API_ACTIONS and action in waiting \
+            and action != ("unpublish" if not milestone.published else "publish"):
+        return True
+    return action == "submit" and open_rework_task(uow, milestone.id) is not None
 
 
 def refuse(uow: UnitOfWork, milestone: Milestone, action: str) -> InvalidTransition:
@@ -154,20 +196,18 @@ def transition(uow: UnitOfWork, cache: DeploymentCache, user: User, milestone_id
     """
     if action not in ("activate", "publish", "unpublish", "cancel"):
         raise ValidationFailed(f"unknown action {action!r}", {"action": [f"one of {API_ACTIONS}"]})
-    milestone = uow.s.get(Milestone, milestone_id)
-    if milestone is None:
-        raise NotFound(f"no milestone {milestone_id}")
-    if action not in allowed_actions(uow, milestone):
+    milestone, row = milestone_with_lifecycle(uow, milestone_id)
+    if not allows(uow, milestone, action, row):
         raise refuse(uow, milestone, action)
-    loaded = _load_lifecycle(uow, cache, milestone)
-    send(loaded, action, user)
+    loaded = _load_lifecycle(uow, cache, milestone, row)
+    send(loaded, action, user, flush=False)  # one flush, at the commit
     audit.record(uow, f"milestone.{action}_requested", "milestone", milestone.id,
                  after={"by": user.username, "status": milestone.status})
     uow.commit()
     return milestone
 
 
-def send(loaded: LoadedInstance, message: str, user: User | None, **payload: Any) -> None:
+def send(loaded: LoadedInstance, message: str, user: User | None, *, flush: bool = True, **payload: Any) -> None:
     try:
         loaded.instance.send_message(message, {"by": user.username if user else None, **payload})
     except MessageNotExpected as exc:
@@ -176,19 +216,28 @@ def send(loaded: LoadedInstance, message: str, user: User | None, **payload: Any
         raise InvalidTransition(str(exc), current=milestone.status, allowed=[]) from exc
     except ExecutionError as exc:
         raise execution_failure(exc) from exc
-    loaded.save()
+    loaded.save(flush=flush)
 
 
-def _load_lifecycle(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone) -> LoadedInstance:
-    row = lifecycle_row(uow, milestone.id)
+def _load_lifecycle(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone,
+                    row: WorkflowInstance | None = None) -> LoadedInstance:
+    """The milestone's running lifecycle instance (`row`: its row, when the caller has read it)."""
+    if row is None:
+        row = lifecycle_row(uow, milestone.id)
     if row is None:
         raise refuse(uow, milestone, "change")
     return load_instance(uow, cache, row.id)
 
 
-def notify_approval_completed(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone) -> None:
-    """Tell the lifecycle that the approval rounds ended with the milestone completed."""
-    row = lifecycle_row(uow, milestone.id)
+def notify_approval_completed(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone,
+                              lifecycle: WorkflowInstance | None = None) -> None:
+    """Tell the lifecycle that the approval rounds ended with the milestone completed.
+
+    `lifecycle`: its running lifecycle row, if the caller read it already in this transaction.
+    """
+    row = lifecycle
+    if row is None or row.status != "running" or row.milestone_id != milestone.id:
+        row = lifecycle_row(uow, milestone.id)
     if row is None or "approval_completed" not in (row.waiting_for or []):
         return
-    send(load_instance(uow, cache, row.id), "approval_completed", None)
+    send(load_instance(uow, cache, row.id), "approval_completed", None, flush=False)  # flushed at the commit
