@@ -43,4 +43,14 @@ def build_state(settings: Settings) -> Any:
     return AppState(
         settings=settings, engine=engine, session_factory=make_session_factory(engine),
         deployments=DeploymentCache(), read_session_factory=make_session_factory(engine, read_only=True),
+        doorbell=make_doorbell(settings),
     )
+
+
+def make_doorbell(settings: Settings) -> Any:
+    """With REDIS_URL, commits that queue work ring the Celery workers; without, nothing rings."""
+    if not settings.redis_url:
+        return None
+    from .worker import producer_doorbell
+
+    return producer_doorbell(settings)

@@ -61,11 +61,30 @@ def serve(host: str, port: int, workers: int, threads: int, demo: bool) -> None:
         _load_demo(state)
     click.echo(f"database: {state.engine.url.render_as_string(hide_password=True)}", err=True)
     click.echo(f"serving on http://{host}:{port}/api/v1 (docs: http://{host}:{port}/api/v1/docs)", err=True)
+    embedded = not state.settings.redis_url
+    if embedded:
+        notifications = state.settings.notifications
+        mail = (f"SMTP {notifications.smtp_host}:{notifications.smtp_port}" if notifications.smtp_host
+                else f"no SMTP server: e-mails are logged and appended to {state.settings.instance_dir / 'mail.log'}")
+        click.echo(f"no REDIS_URL: timers and notifications run in an embedded scheduler ({mail})", err=True)
     state.engine.dispose()
-    run_gunicorn(host, port, workers, threads)
+    run_gunicorn(host, port, workers, threads, embedded_scheduler=embedded)
 
 
-def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+def _start_scheduler(worker: Any) -> None:
+    # gunicorn's post_worker_init: every worker starts one; a lease row lets one of them work.
+    from .scheduler import start_embedded
+
+    worker.milestones_scheduler = start_embedded(worker.wsgi)
+
+
+def _stop_scheduler(worker: Any) -> None:
+    scheduler = getattr(worker, "milestones_scheduler", None)
+    if scheduler is not None:
+        scheduler.stop(timeout=5)
+
+
+def run_gunicorn(host: str, port: int, workers: int, threads: int, *, embedded_scheduler: bool = False) -> None:
     from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):  # type: ignore[misc]
@@ -76,6 +95,9 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
             self.cfg.set("accesslog", "-")
             self.cfg.set("graceful_timeout", 10)
+            if embedded_scheduler:
+                self.cfg.set("post_worker_init", _start_scheduler)
+                self.cfg.set("worker_exit", lambda _server, worker: _stop_scheduler(worker))
 
         def load(self) -> Any:
             from . import create_app
@@ -96,7 +118,7 @@ def worker(ctx: click.Context) -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def beat(ctx: click.Context) -> None:
-    """Run Celery beat, which fires due workflow timers every 30 s (needs REDIS_URL)."""
+    """Run Celery beat: fires due workflow timers (every 30 s) and sweeps the outbox (every 15 s); needs REDIS_URL."""
     _celery(["beat", "--loglevel=INFO", *ctx.args])
 
 

@@ -26,6 +26,7 @@ class Settings:
     storage_dir: Path | None = None
     evidence_max_bytes: int = 10 * 1024 * 1024
     evidence_allowed_types: tuple[str, ...] = field(default_factory=lambda: parse_types(None))
+    notifications: NotificationSettings = field(default_factory=lambda: NotificationSettings.from_env())
     # Limits for diagram scripts that run in the sandbox process (those with loops or functions).
     script_time_seconds: float = 2.0
     script_memory_mb: int = 256
@@ -60,3 +61,49 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+@dataclass
+class NotificationSettings:
+    """Channels, delivery retries and the schedulers' periods (MILESTONES_* variables, see the README)."""
+
+    smtp_host: str | None = None  # None: e-mails go to the log and <instance>/mail.log
+    smtp_port: int = 25
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    mail_from: str = "milestones@localhost"
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_timeout: float = 10.0
+    max_attempts: int = 5
+    backoff_seconds: float = 30.0  # attempt n waits backoff * 2**(n-1)
+    lease_seconds: float = 120.0  # longer than one send can take (SMTP and webhook timeouts)
+    scheduler_interval: float = 2.0  # embedded scheduler: seconds between rounds
+    timer_period: float = 30.0  # celery beat: fire due timers
+    sweep_period: float = 15.0  # celery beat: re-ring the outbox and due deliveries
+
+    @classmethod
+    def from_env(cls) -> NotificationSettings:
+        env = os.environ
+
+        def number(name: str, default: float) -> float:
+            return float(env.get(name) or default)
+
+        return cls(
+            smtp_host=env.get("MILESTONES_SMTP_HOST") or None,
+            smtp_port=int(env.get("MILESTONES_SMTP_PORT") or 25),
+            smtp_user=env.get("MILESTONES_SMTP_USER") or None,
+            smtp_password=env.get("MILESTONES_SMTP_PASSWORD") or None,
+            smtp_starttls=(env.get("MILESTONES_SMTP_STARTTLS") or "").lower() in ("1", "true", "yes"),
+            mail_from=env.get("MILESTONES_MAIL_FROM") or "milestones@localhost",
+            webhook_url=env.get("MILESTONES_WEBHOOK_URL") or None,
+            webhook_secret=env.get("MILESTONES_WEBHOOK_SECRET") or None,
+            webhook_timeout=number("MILESTONES_WEBHOOK_TIMEOUT", 10.0),
+            max_attempts=int(env.get("MILESTONES_DELIVERY_ATTEMPTS") or 5),
+            backoff_seconds=number("MILESTONES_DELIVERY_BACKOFF", 30.0),
+            lease_seconds=number("MILESTONES_DELIVERY_LEASE", 120.0),
+            scheduler_interval=number("MILESTONES_SCHEDULER_INTERVAL", 2.0),
+            timer_period=number("MILESTONES_TIMER_PERIOD", 30.0),
+            sweep_period=number("MILESTONES_SWEEP_PERIOD", 15.0),
+        )

@@ -31,6 +31,9 @@ class UnitOfWork:
         # Request-scoped units stay open until the response is serialized; teardown closes them.
         self.close_on_exit = True
         self._after_commit: list[Any] = []
+        # Rings the workers (Celery) after a commit that left work in the outbox; None: the
+        # periodic sweeper or the embedded scheduler finds it (the database is the truth).
+        self.doorbell: Any = None
 
     def __enter__(self) -> UnitOfWork:
         if self.session is None:
@@ -90,7 +93,9 @@ class UnitOfWork:
 
     def fresh(self) -> UnitOfWork:
         """A separate transaction for the same actor and request (e.g. to record an incident after a rollback)."""
-        return UnitOfWork(self._factory, actor_id=self.actor_id, request_id=self.request_id)
+        fresh = UnitOfWork(self._factory, actor_id=self.actor_id, request_id=self.request_id)
+        fresh.doorbell = self.doorbell
+        return fresh
 
     def close(self) -> None:
         if self.session is not None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Flask, current_app, g, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import Settings
+from ..services.identity import TokenCache
 from ..services.runtime import DeploymentCache
 from ..uow import UnitOfWork
 
@@ -21,6 +23,9 @@ class AppState:
     session_factory: sessionmaker[Session]
     deployments: DeploymentCache
     read_session_factory: sessionmaker[Session] | None = None
+    tokens: TokenCache = field(default_factory=TokenCache)
+    # Rings Celery after a commit that queued work (None in embedded mode: the scheduler polls).
+    doorbell: Any = None
 
 
 def state(app: Flask | None = None) -> AppState:
@@ -34,6 +39,7 @@ def command_uow() -> UnitOfWork:
         user = getattr(g, "user", None)
         uow = UnitOfWork(state().session_factory, actor_id=user.id if user else None, request_id=g.request_id)
         uow.defer_commit = bool(getattr(g, "idempotency_key", None))
+        uow.doorbell = state().doorbell
         uow.close_on_exit = False
         g.uow = uow
     return uow

@@ -49,11 +49,15 @@ class ContactIn(Strict):
     email = fields.Email(required=True)
     phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=50))
     role = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=120))
+    username = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=80),
+                             metadata={"description": "link the contact to this user: their to-dos as primary "
+                                                      "contact appear in that user's task list"})
 
 
 class ContactOut(Schema):
     id = fields.Integer()
     account_id = fields.Integer()
+    user_id = fields.Integer(allow_none=True)
     name = fields.String()
     email = fields.String()
     phone = fields.String(allow_none=True)

@@ -371,5 +371,12 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+from .notifications import (  # noqa: E402,F401  (one metadata)
+    Delivery,
+    Notification,
+    NotificationPreference,
+    OutboxMessage,
+    SchedulerLease,
+)
 from .objectives import Answer, EvidenceFile, Objective, Question  # noqa: E402,F401  (one metadata)
 from .operations import Incident  # noqa: E402,F401  (one metadata)

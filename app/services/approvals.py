@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import bindparam, exists, or_, select, update
+from sqlalchemy.orm import joinedload
 
 from workflows import ExecutionError, TaskNotFound, TaskNotReady
 
@@ -14,7 +15,9 @@ from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..models import (
     AuditEvent,
     FundRelease,
+    Group,
     HumanTaskRow,
+    Membership,
     Milestone,
     TaskCandidate,
     User,
@@ -23,14 +26,17 @@ from ..models import (
 )
 from ..uow import UnitOfWork
 from . import audit
+from .automation import days_to_due
 from .identity import group_names
 from .incidents import incident_on_failure, refuse_if_in_incident
 from .milestones import (
+    LIFECYCLE,
     _load_lifecycle,
-    allowed_actions,
+    milestone_with_lifecycle,
     notify_approval_completed,
     open_rework_task,
     refuse,
+    running_lifecycle_on,
     send,
 )
 from .records import Page, paginate
@@ -78,11 +84,53 @@ def _is_candidate(task: HumanTaskRow, user: User, groups: list[str]) -> bool:
 
 
 def _task_for(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
-    task = uow.s.get(HumanTaskRow, task_id)
+    # Candidates joined in the same query (the mapping's default is a second, selectin query).
+    task = uow.s.get(HumanTaskRow, task_id, options=[joinedload(HumanTaskRow.candidates)])
     # Someone who may not see a task learns nothing about it, not even that it exists.
     if task is None or not _is_candidate(task, user, group_names(uow, user.id)):
         raise NotFound(f"no task {task_id}")
     return task
+
+
+@dataclass
+class _TaskContext:
+    """What completing a task reads, held here because the session's identity map is weak:
+    while referenced, `uow.s.get` finds these rows without a query."""
+
+    task: HumanTaskRow
+    instance: WorkflowInstance | None
+    milestone: Milestone | None
+    lifecycle: WorkflowInstance | None
+
+
+# Whether the user (bound as user_id) is in one of the task's candidate groups: the group part
+# of `_is_candidate`, so that no separate `group_names` query is needed.
+_IN_CANDIDATE_GROUP = exists().where(
+    TaskCandidate.task_id == HumanTaskRow.id, TaskCandidate.kind == "group",
+    TaskCandidate.name.in_(select(Group.name).join(Membership, Membership.group_id == Group.id)
+                           .where(Membership.user_id == bindparam("user_id"))),
+)
+_TASK_CONTEXT = (
+    select(HumanTaskRow, WorkflowInstance, Milestone, LIFECYCLE, _IN_CANDIDATE_GROUP.label("in_candidate_group"))
+    .outerjoin(WorkflowInstance, WorkflowInstance.id == HumanTaskRow.instance_id)
+    .outerjoin(Milestone, Milestone.id == HumanTaskRow.milestone_id)
+    .outerjoin(LIFECYCLE, running_lifecycle_on(HumanTaskRow.milestone_id))
+    .where(HumanTaskRow.id == bindparam("task_id"))
+    .options(joinedload(HumanTaskRow.candidates))
+)
+
+
+def _task_context(uow: UnitOfWork, user: User, task_id: str) -> _TaskContext:
+    """`_task_for`, with the task's instance, milestone and running lifecycle row, in one query."""
+    found = uow.s.execute(_TASK_CONTEXT, {"task_id": task_id, "user_id": user.id}).unique().first()
+    if found is None:
+        raise NotFound(f"no task {task_id}")
+    task, instance, milestone, lifecycle, in_candidate_group = found
+    # As `_is_candidate`, the group test done by the query.
+    if not (in_candidate_group or task.assignee_id == user.id
+            or any(c.kind == "user" and c.name == user.username for c in task.candidates)):
+        raise NotFound(f"no task {task_id}")
+    return _TaskContext(task, instance, milestone, lifecycle)
 
 
 def _check_segregation(uow: UnitOfWork, user: User, task: HumanTaskRow) -> None:
@@ -178,7 +226,8 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
     or a concurrent completion won) and WorkflowIncident (a step failed: nothing was kept and the
     instance is held in an incident; also when it already is).
     """
-    task = _task_for(uow, user, task_id)
+    context = _task_context(uow, user, task_id)
+    task = context.task
     _check_segregation(uow, user, task)
     if task.status != "open":
         raise Conflict(f"task {task_id} is already {task.status}", task_status=task.status)
@@ -212,17 +261,20 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
     task.completed_by_id = user.id
     task.decision = decision
     task.comment = comment
-    task.assignee_id = task.assignee_id or user.id
-    loaded.save()
+    if task.assignee_id is None:
+        # The relationship, not only the key, so the answer needs no refresh after the commit;
+        # merge(load=False) puts a copy of the caller in this session without reading it.
+        task.assignee = uow.s.merge(user, load=False)
+    # Recorded before the save (no event is recorded in between) so that it is in the same flush.
     audit.record(uow, "task.completed", "task", task_id,
                  after={"decision": decision, "comment": comment, "bpmn_id": task.bpmn_id,
                         "milestone_id": task.milestone_id, "by": user.username})
+    loaded.save()
     _maybe_start_next_round(uow, cache, loaded)
     milestone = loaded.services.milestone
     if milestone is not None and loaded.instance.is_completed and milestone.status == "completed":
-        notify_approval_completed(uow, cache, milestone)
-    uow.commit()
-    uow.s.refresh(task)
+        notify_approval_completed(uow, cache, milestone, context.lifecycle)
+    uow.commit()  # expire_on_commit=False: `task` holds what was written, nothing to reload
     return task
 
 
@@ -251,12 +303,11 @@ def submit_milestone(uow: UnitOfWork, cache: DeploymentCache, user: User, milest
     """
     from .objectives import raise_if_incomplete
 
-    milestone = uow.s.get(Milestone, milestone_id)
-    if milestone is None:
-        raise NotFound(f"no milestone {milestone_id}")
-    if "submit" not in allowed_actions(uow, milestone):
-        raise refuse(uow, milestone, "submit")
+    milestone, row = milestone_with_lifecycle(uow, milestone_id)
     rework = open_rework_task(uow, milestone.id)
+    waiting = set(row.waiting_for or []) if row is not None else set()
+    if rework is None and "submit" not in waiting:  # as `"submit" in allowed_actions(...)`
+        raise refuse(uow, milestone, "submit")
     if rework is not None:
         if not any(c.kind == "user" and c.name == user.username for c in rework.candidates):
             raise Forbidden(f"only the submitter of milestone {milestone.code} can resubmit it")
@@ -266,13 +317,14 @@ def submit_milestone(uow: UnitOfWork, cache: DeploymentCache, user: User, milest
         return Submission(milestone, latest.id, latest.round, True, _open_tasks(uow, latest.id))
     raise_if_incomplete(uow, milestone)
     milestone.submitted_by_id = user.id
-    lifecycle = _load_lifecycle(uow, cache, milestone)
-    send(lifecycle, "submit", user)
+    lifecycle = _load_lifecycle(uow, cache, milestone, row)
+    send(lifecycle, "submit", user, flush=False)  # its UPDATEs go with the new round's INSERT
     if not lifecycle.services.approval_round_requested:
         raise refuse(uow, milestone, "submit")
-    loaded = _start_round(uow, cache, milestone, user)
+    loaded, created = _start_round(uow, cache, milestone, user)
     uow.commit()
-    return Submission(milestone, loaded.row.id, loaded.row.round, False, _open_tasks(uow, loaded.row.id))
+    # A new instance: the rows its save created are all its open tasks.
+    return Submission(milestone, loaded.row.id, loaded.row.round, False, created)
 
 
 def _latest_round(uow: UnitOfWork, milestone_id: int) -> WorkflowInstance:
@@ -283,7 +335,9 @@ def _latest_round(uow: UnitOfWork, milestone_id: int) -> WorkflowInstance:
     return latest
 
 
-def _start_round(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone, submitter: User) -> LoadedInstance:
+def _start_round(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone,
+                 submitter: User) -> tuple[LoadedInstance, list[HumanTaskRow]]:
+    """Start the next approval round; returns it and its task rows (all open)."""
     milestone.round = milestone.round + 1
     data = {
         "milestone_id": milestone.id,
@@ -293,12 +347,13 @@ def _start_round(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone, 
         "currency": milestone.currency,
         "submitted_by": submitter.username,
         "round": milestone.round,
+        "days_to_due": days_to_due(milestone),  # an input of the reminder policy
     }
     audit.record(uow, "milestone.submitted", "milestone", milestone.id,
                  after={"round": milestone.round, "by": submitter.username})
     loaded = start_instance(uow, cache, milestone, data)
-    loaded.save()
-    return loaded
+    created = loaded.save(flush=False)  # its task rows are written with the command's commit
+    return loaded, created
 
 
 def _maybe_start_next_round(uow: UnitOfWork, cache: DeploymentCache, loaded: LoadedInstance) -> None:

@@ -31,15 +31,20 @@ def load_demo(uow: UnitOfWork, cache: DeploymentCache) -> dict[str, str]:
         account = records.create_account(uow, "Acme Construction", external_ref="CRM-1001")
         contract = records.create_contract(uow, account.id, "C-2026-001", "Office tower, phase 1", "EUR",
                                            Decimal("250000.00"))
+        # The supplier's site manager: primary contact of every milestone. Without a user account her
+        # to-dos go to alice (who created the milestones) and her reminders to her e-mail address.
+        contact = records.create_contact(uow, account.id, "Erin Example", "erin@acme.example", role="Site manager")
         today = date.today()
         specs = [
             ("M1", "financial", Decimal("50000.00"), "Foundations poured and inspected", 14),
-            ("M2", "non_financial", None, "Site safety plan signed off", 7),
+            # due in 5 days: the policy's first reminder (7 days before) is due at once
+            ("M2", "non_financial", None, "Site safety plan signed off", 5),
             ("M3", "financial", Decimal("5000.00"), "Permit fees reimbursed", 30),
         ]
         for code, type_, amount, description, days in specs:
             milestone = milestones.create_milestone(uow, cache, contract.id, code, type_, amount=amount,
-                                                    description=description, due_date=today + timedelta(days=days))
+                                                    description=description, due_date=today + timedelta(days=days),
+                                                    primary_contact_id=contact.id)
             milestones.transition(uow, cache, alice, milestone.id, "activate")
         uow.actor_id = None
     tokens = {name: identity.issue_token(uow, identity.get_user(uow, name), name="demo") for name in DEMO_USERS}

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from workflows import ExecutionError
 
@@ -45,12 +46,27 @@ def incident_on_failure(uow: UnitOfWork, loaded: LoadedInstance, command: dict[s
     try:
         yield
     except StepFailed as failure:
+        _raise_if_database_down(failure.error)
         raise open_incident(uow, loaded, failure.error, command) from failure
     except ExecutionError as error:
         mapped = execution_failure(error)  # a lost race inside a service step stays a Conflict
         if not isinstance(mapped, StepFailed):
             raise mapped from error
+        _raise_if_database_down(error)
         raise open_incident(uow, loaded, error, command) from error
+
+
+def _raise_if_database_down(error: ExecutionError) -> None:
+    """A step that lost its database connection (or hit another operational error) did not find a
+    fault in the diagram: the error propagates, nothing was kept, and a worker retries."""
+    seen: set[int] = set()
+    cause: BaseException | None = error.cause
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, DBAPIError) and (cause.connection_invalidated
+                                              or isinstance(cause, (OperationalError, InterfaceError))):
+            raise cause
+        cause = getattr(cause, "exception", None) or cause.__cause__ or cause.__context__
 
 
 def open_incident(uow: UnitOfWork, loaded: LoadedInstance, error: ExecutionError,

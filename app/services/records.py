@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ..errors import Conflict, NotFound, ValidationFailed
-from ..models import Account, Contact, Contract, Milestone
+from ..models import Account, Contact, Contract, Milestone, User
 from ..uow import UnitOfWork
 from . import audit
 
@@ -54,16 +54,24 @@ def list_accounts(uow: UnitOfWork, page: int, page_size: int) -> Page:
 
 # --------------------------------------------------------------------------- contacts
 def create_contact(uow: UnitOfWork, account_id: int, name: str, email: str, phone: str | None = None,
-                   role: str | None = None) -> Contact:
+                   role: str | None = None, username: str | None = None) -> Contact:
+    """Add a contact to an account, linked to the user `username` when given (their to-dos as a
+    milestone's primary contact go to that user). Raises NotFound, Conflict, ValidationFailed."""
     if uow.s.get(Account, account_id) is None:
         raise NotFound(f"no account {account_id}")
     email = email.strip().lower()
     if uow.s.scalar(select(Contact.id).where(Contact.account_id == account_id, Contact.email == email)):
         raise Conflict(f"a contact with e-mail {email} already exists on this account", field="email")
-    contact = Contact(account_id=account_id, name=name, email=email, phone=phone, role=role)
+    user_id = None
+    if username is not None:
+        user_id = uow.s.scalar(select(User.id).where(User.username == username))
+        if user_id is None:
+            raise ValidationFailed("unknown user", {"username": [f"no user {username!r}"]})
+    contact = Contact(account_id=account_id, name=name, email=email, phone=phone, role=role, user_id=user_id)
     uow.s.add(contact)
     uow.flush()
-    audit.record(uow, "contact.created", "account", account_id, after={"contact_id": contact.id, "name": name})
+    audit.record(uow, "contact.created", "account", account_id,
+                 after={"contact_id": contact.id, "name": name, "user": username})
     uow.commit()
     return contact
 

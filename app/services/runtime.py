@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import lazyload
 
 import workflows
 from workflows import Deployment, DeploymentError, ExecutionError, HumanTask, Instance, ServiceCall
@@ -41,12 +45,30 @@ LIFECYCLE_PROCESS = "milestone_lifecycle"
 MILESTONE_STATUSES = ("draft", "active", "submitted", "approved", "declined", "completed", "cancelled")
 
 
+@dataclass(frozen=True)
+class CurrentDeployment:
+    """The deployment new instances start on: parsed, with its hash and version (no ORM state)."""
+
+    deployment: Deployment
+    hash: str
+    version: int
+
+
 class DeploymentCache:
-    """Parsed deployments by content hash; parsing happens once per process and version."""
+    """Parsed deployments by content hash; parsing happens once per process and version.
+
+    It also remembers which deployment is the latest, for starting instances (`current`), for
+    CURRENT_TTL seconds: a deployment committed through this cache takes effect at once, one
+    committed by another process (`milestones deploy`, another worker) within CURRENT_TTL.
+    Migration and validation read the latest from the database every time (`latest`).
+    """
+
+    CURRENT_TTL = 5.0
 
     def __init__(self) -> None:
         self._by_hash: dict[str, Deployment] = {}
         self._lock = threading.Lock()
+        self._current: tuple[float, CurrentDeployment] | None = None
 
     def get(self, uow: UnitOfWork, deployment_hash: str) -> Deployment:
         deployment = self._by_hash.get(deployment_hash)
@@ -68,6 +90,24 @@ class DeploymentCache:
         if record is None:
             raise Conflict("no process definition is deployed; run `milestones deploy` or restart the service")
         return self.get(uow, record.hash), record
+
+    def current(self, uow: UnitOfWork) -> CurrentDeployment:
+        """The latest deployment, read from the database at most every CURRENT_TTL seconds."""
+        cached = self._current
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.CURRENT_TTL:
+            return cached[1]
+        row = uow.s.execute(select(DeploymentRecord.hash, DeploymentRecord.version)
+                            .order_by(DeploymentRecord.version.desc()).limit(1)).first()
+        if row is None:
+            raise Conflict("no process definition is deployed; run `milestones deploy` or restart the service")
+        current = CurrentDeployment(self.get(uow, row.hash), row.hash, row.version)
+        self._current = (now, current)
+        return current
+
+    def forget_current(self) -> None:
+        """Read the latest deployment again on the next start (after a deployment committed)."""
+        self._current = None
 
 
 def deploy(uow: UnitOfWork, cache: DeploymentCache, files: dict[str, bytes],
@@ -95,6 +135,7 @@ def deploy(uow: UnitOfWork, cache: DeploymentCache, files: dict[str, bytes],
                  after={"version": version, "files": sorted(deployment.files), "processes": deployment.executable})
     uow.flush()
     cache.add(deployment)
+    uow.after_commit(cache.forget_current)  # new instances start on it right away in this process
     return record, True
 
 
@@ -127,7 +168,12 @@ class MilestoneServices:
     def __call__(self, call: ServiceCall) -> Any:
         handler = getattr(self, f"op_{call.operation}", None)
         if handler is None:
-            raise LookupError(f"unknown service operation {call.operation!r}")
+            from .automation import OPERATIONS  # notify, escalate_tasks, the contact's to-dos
+
+            operation = OPERATIONS.get(call.operation)
+            if operation is None:
+                raise LookupError(f"unknown service operation {call.operation!r}")
+            return operation(self, call)
         return handler(call)
 
     def _milestone(self) -> Milestone:
@@ -156,18 +202,27 @@ class MilestoneServices:
         if milestone.amount is None or amount != milestone.amount or currency != milestone.currency:
             raise ValueError(f"release of {amount} {currency} does not match the milestone "
                              f"({milestone.amount} {milestone.currency})")
-        existing = self.uow.s.scalar(select(FundRelease).where(FundRelease.milestone_id == milestone.id))
-        if existing is not None:
-            if existing.task_id == call.task_id:  # the same step run again: same answer, no new money
+        # One statement: the unique keys (one release per milestone, one per task) decide, so two
+        # concurrent completions cannot both release, and no SELECT runs first. The pending ORM
+        # changes (the milestone's status) need not be flushed for it: they flush with the save.
+        dialect = self.uow.s.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        values = dict(milestone_id=milestone.id, instance_id=self._instance_id(), task_id=call.task_id,
+                      amount=amount, currency=currency, round=milestone.round, released_at=utcnow())
+        release_id = self.uow.s.execute(
+            insert(FundRelease).values(**values).on_conflict_do_nothing().returning(FundRelease.id),
+            execution_options={"autoflush": False},
+        ).scalar()
+        if release_id is None:
+            existing = self.uow.s.scalar(select(FundRelease).where(FundRelease.milestone_id == milestone.id))
+            if existing is not None and existing.task_id == call.task_id:
+                # the same step run again: same answer, no new money
                 return {"release_id": existing.id, "amount": str(existing.amount), "currency": existing.currency}
-            raise Conflict(f"funds of milestone {milestone.id} were already released (release {existing.id})")
-        release = FundRelease(milestone_id=milestone.id, instance_id=self._instance_id(), task_id=call.task_id,
-                              amount=amount, currency=currency, round=milestone.round)
-        self.uow.s.add(release)
-        self.uow.flush()
+            which = f"release {existing.id}" if existing is not None else f"by task {call.task_id}"
+            raise Conflict(f"funds of milestone {milestone.id} were already released ({which})")
         audit.record(self.uow, "funds.released", "milestone", milestone.id,
-                     after={"release_id": release.id, "amount": amount, "currency": currency, "task_id": call.task_id})
-        return {"release_id": release.id, "amount": str(amount), "currency": currency}
+                     after={"release_id": release_id, "amount": amount, "currency": currency, "task_id": call.task_id})
+        return {"release_id": release_id, "amount": str(amount), "currency": currency}
 
     def op_start_next_round(self, call: ServiceCall) -> dict[str, Any]:
         self.next_round_requested = True
@@ -215,16 +270,27 @@ class MilestoneServices:
 
 
 class LoadedInstance:
-    """An instance row, its restored engine instance and the services bound to this transaction."""
+    """An instance row, its restored engine instance and the services bound to this transaction.
 
-    def __init__(self, uow: UnitOfWork, row: WorkflowInstance, instance: Instance, services: MilestoneServices):
+    `no_open_tasks` says that the instance has no open rows in the task projection (a new row,
+    or one whose deployment gives its process no human task), so that `save` need not look.
+    """
+
+    def __init__(self, uow: UnitOfWork, row: WorkflowInstance, instance: Instance, services: MilestoneServices,
+                 *, no_open_tasks: bool = False):
         self.uow = uow
         self.row = row
         self.instance = instance
         self.services = services
+        self.no_open_tasks = no_open_tasks
+        self._started_audit: dict[str, Any] | None = None
 
-    def save(self) -> list[HumanTaskRow]:
-        """Write state (optimistic version check at flush) and rewrite the task projection."""
+    def save(self, *, flush: bool = True) -> list[HumanTaskRow]:
+        """Write state (optimistic version check at flush) and rewrite the task projection.
+
+        Returns the task rows it created (the instance's other open rows, if any, were kept).
+        flush=False leaves an existing row's UPDATE to the command's next flush or its commit.
+        """
         row, instance = self.row, self.instance
         row.state = instance.dump()
         row.serializer_version = instance.serializer_version
@@ -234,28 +300,40 @@ class LoadedInstance:
         if instance.is_completed and row.status == "running":
             row.status = "completed"
             row.completed_at = utcnow()
-        self.uow.flush()
-        return project_tasks(self.uow, row, instance.ready_human_tasks())
+        ready = instance.ready_human_tasks()
+        if row.id is None:
+            self.uow.flush()  # the INSERT, state included; a second start of the same round fails here
+        created = project_tasks(self.uow, row, ready, lookup=not self.no_open_tasks)
+        if flush:
+            self.uow.flush()
+        # Every save makes the open rows equal to `ready` (task rows are only created here, other
+        # code only closes them, and a concurrent save of the instance fails this one on its version).
+        self.no_open_tasks = not ready
+        if self._started_audit is not None:
+            audit.record(self.uow, "workflow.started", "workflow_instance", row.id, after=self._started_audit)
+            self._started_audit = None
+        return created
 
 
 def start_instance(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone, data: dict[str, Any],
                    process_id: str = APPROVAL_PROCESS, round: int | None = None) -> LoadedInstance:
-    deployment, record = cache.latest(uow)
+    """Start an instance on the current deployment. The caller must `save()` it: the row is
+    inserted, state included, by that save (a second start of the same round fails there on
+    the unique key), which also writes the "workflow.started" audit event."""
+    current = cache.current(uow)
     row = WorkflowInstance(milestone_id=milestone.id, round=milestone.round if round is None else round,
                            process_id=process_id,
-                           deployment_hash=record.hash, serializer_version=workflows.SERIALIZER_VERSION,
+                           deployment_hash=current.hash, serializer_version=workflows.SERIALIZER_VERSION,
                            state=b"", status="running")
     uow.s.add(row)
-    uow.flush()  # a second submission of the same round fails here on the unique key
     services = MilestoneServices(uow, cache, milestone, row)
     try:
-        instance = Instance.start(deployment, process_id, data, services)
+        instance = Instance.start(current.deployment, process_id, data, services)
     except ExecutionError as exc:
         raise execution_failure(exc) from exc
-    loaded = LoadedInstance(uow, row, instance, services)
-    audit.record(uow, "workflow.started", "workflow_instance", row.id,
-                 after={"milestone_id": milestone.id, "round": row.round, "deployment": record.hash,
-                        "deployment_version": record.version, "process_id": process_id})
+    loaded = LoadedInstance(uow, row, instance, services, no_open_tasks=True)
+    loaded._started_audit = {"milestone_id": milestone.id, "round": row.round, "deployment": current.hash,
+                             "deployment_version": current.version, "process_id": process_id}
     return loaded
 
 
@@ -270,14 +348,30 @@ def load_instance(uow: UnitOfWork, cache: DeploymentCache, instance_id: int) -> 
         instance = Instance.restore(deployment, row.state, row.serializer_version, services)
     except workflows.StateError as exc:
         raise WorkflowFailure(str(exc), instance_id=instance_id) from exc
-    return LoadedInstance(uow, row, instance, services)
+    # Saves keep the projection equal to the state's ready tasks: none if the process has none.
+    try:
+        no_open_tasks = not deployment.has_human_tasks(row.process_id)
+    except DeploymentError:  # cannot tell: look
+        no_open_tasks = False
+    return LoadedInstance(uow, row, instance, services, no_open_tasks=no_open_tasks)
 
 
-def project_tasks(uow: UnitOfWork, row: WorkflowInstance, ready: list[HumanTask]) -> list[HumanTaskRow]:
-    """Make the open projection rows of `row` equal to `ready`; rows that left are cancelled."""
-    existing = {t.id: t for t in uow.s.scalars(
-        select(HumanTaskRow).where(HumanTaskRow.instance_id == row.id, HumanTaskRow.status == "open")
-    )}
+# Only the rows themselves: their candidates and assignee are not needed to project.
+_OPEN_TASK_ROWS = (select(HumanTaskRow)
+                   .where(HumanTaskRow.instance_id == bindparam("instance_id"), HumanTaskRow.status == "open")
+                   .options(lazyload(HumanTaskRow.candidates), lazyload(HumanTaskRow.assignee)))
+
+
+def project_tasks(uow: UnitOfWork, row: WorkflowInstance, ready: list[HumanTask], *,
+                  lookup: bool = True) -> list[HumanTaskRow]:
+    """Make the open projection rows of `row` equal to `ready`; rows that left are cancelled.
+
+    Returns the rows it created (not flushed). lookup=False: the caller knows that `row` has no
+    open rows, so none is read.
+    """
+    existing: dict[str, HumanTaskRow] = {}
+    if lookup:
+        existing = {t.id: t for t in uow.s.scalars(_OPEN_TASK_ROWS, {"instance_id": row.id})}
     ready_ids = {t.id for t in ready}
     now = utcnow()
     for task_id, task_row in existing.items():
@@ -303,7 +397,6 @@ def project_tasks(uow: UnitOfWork, row: WorkflowInstance, ready: list[HumanTask]
             created.append(task_row)
         else:
             task_row.due_at = task.due_at
-    uow.flush()
     return created
 
 

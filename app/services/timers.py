@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,33 +28,46 @@ class TimerRun:
 
 
 def fire_due_timers(session_factory: sessionmaker[Session], cache: DeploymentCache, *,
-                    now: datetime | None = None, limit: int = 100) -> TimerRun:
+                    now: datetime | None = None, limit: int = 100, doorbell: Any = None) -> TimerRun:
     """Advance every running instance whose next timer is due, one transaction per instance.
 
-    Two schedulers running at once cannot fire a timer twice: the instance save is versioned,
-    so the slower one gets a Conflict and leaves the instance alone.
+    Each transaction claims one due row (`FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite's single
+    writer serializes) and keeps the lock while the instance advances and saves, so schedulers
+    running at once (two beats, a beat and an embedded scheduler) fire every timer once: a
+    claimed row is skipped by the others, and once saved its next timer is no longer due. The
+    versioned save still turns a concurrent user action into a Conflict for one of the two.
+
+    Database errors (a dropped connection) propagate for the caller to retry; the transaction
+    that hit them changed nothing.
     """
-    now = now or utcnow()
-    with UnitOfWork(session_factory) as uow:
-        due = list(uow.s.scalars(
-            select(WorkflowInstance.id)
-            .where(WorkflowInstance.status == "running", WorkflowInstance.next_timer_at <= now)
-            .order_by(WorkflowInstance.next_timer_at).limit(limit)
-        ))
     run = TimerRun()
-    for instance_id in due:
-        try:
-            with UnitOfWork(session_factory) as uow:
+    tried: set[int] = set()
+    while len(tried) < limit:
+        with UnitOfWork(session_factory) as uow:
+            uow.doorbell = doorbell
+            moment = now or utcnow()
+            row = uow.s.scalar(
+                select(WorkflowInstance)
+                .where(WorkflowInstance.status == "running", WorkflowInstance.next_timer_at <= moment,
+                       WorkflowInstance.id.not_in(tried or {0}))
+                .order_by(WorkflowInstance.next_timer_at, WorkflowInstance.id).limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if row is None:
+                break
+            instance_id = row.id
+            tried.add(instance_id)
+            try:
                 advance_timers(uow, cache, instance_id)
-            run.fired.append(instance_id)
-        except WorkflowIncident as exc:
-            log.error("timers of instance %s: %s", instance_id, exc.detail)
-            run.failed.append(instance_id)
-        except Conflict:
-            run.conflicts.append(instance_id)
-        except DomainError as exc:
-            log.error("timers of instance %s failed: %s", instance_id, exc.detail)
-            run.failed.append(instance_id)
+                run.fired.append(instance_id)
+            except WorkflowIncident as exc:
+                log.error("timers of instance %s: %s", instance_id, exc.detail)
+                run.failed.append(instance_id)
+            except Conflict:
+                run.conflicts.append(instance_id)
+            except DomainError as exc:
+                log.error("timers of instance %s failed: %s", instance_id, exc.detail)
+                run.failed.append(instance_id)
     return run
 
 

@@ -377,12 +377,13 @@ def test_migration_dry_run_reports_refuses_impossible_moves_and_then_moves(app, 
     instance_id = approval_row(app, milestone["id"]).id
     assert upload(analyst, "/deployments", bundle(*RENAMED_REVIEW, *CHECK_LIMIT_FIXED)).status_code == 201
     no_review = bundle(
-        (b'sourceRef="determine_approval_route" targetRef="review_milestone"',
-         b'sourceRef="determine_approval_route" targetRef="is_approved"'),
+        (b'sourceRef="determine_reminder_policy" targetRef="review_milestone"',
+         b'sourceRef="determine_reminder_policy" targetRef="is_approved"'),
         (b'<bpmn:sequenceFlow id="flow_review_to_is_approved" sourceRef="review_milestone" targetRef="is_approved" />',
          b""),
         (b'<bpmn:userTask id="review_milestone"', b'<bpmn:task id="review_gone"'),
-        (b"</bpmn:userTask>\n\n    <bpmn:exclusiveGateway", b"</bpmn:task>\n\n    <bpmn:exclusiveGateway"),
+        (b"</bpmn:userTask>\n\n    <!-- Non-interrupting", b"</bpmn:task>\n\n    <!-- Non-interrupting"),
+        (b'attachedToRef="review_milestone"', b'attachedToRef="review_gone"'),
         (b"<bpmn:flowNodeRef>review_milestone</bpmn:flowNodeRef>", b""),
         (b'bpmnElement="review_milestone"', b'bpmnElement="review_gone"'),
     )

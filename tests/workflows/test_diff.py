@@ -37,12 +37,12 @@ def test_identical_bundles_and_diagram_layout_changes_are_no_difference(v1: dict
 
 def test_changed_task_attributes_are_listed_with_old_and_new_values(v1: dict[str, bytes]) -> None:
     v2 = edit(v1, BPMN, (b'name="Review milestone"', b'name="Review the milestone"'),
-              (b'camunda:dueDate="P5D"', b'camunda:dueDate="P3D"'))
+              (b'camunda:dueDate="${review_due}"', b'camunda:dueDate="P3D"'))
     diff = diff_bundles(v1, v2)
     (task,) = [c for c in diff.changes if c.category == "task"]
     assert (task.change, task.element_id, task.type, task.container) == (
         "changed", "review_milestone", "userTask", "milestone_approval")
-    assert task.fields == {"camunda:dueDate": ("P5D", "P3D"), "name": ("Review milestone", "Review the milestone")}
+    assert task.fields == {"camunda:dueDate": ("${review_due}", "P3D"), "name": ("Review milestone", "Review the milestone")}
     listed = diff.as_dict()["tasks"]["changed"][0]
     assert listed["changes"]["name"] == {"old": "Review milestone", "new": "Review the milestone"}
 

@@ -91,6 +91,7 @@ def milestone(**overrides: Any) -> dict[str, Any]:
         "currency": "EUR",
         "submitted_by": "alice",
         "round": 1,
+        "days_to_due": 30,
     }
     data.update(overrides)
     return data
@@ -145,7 +146,7 @@ def problems_of(files: Mapping[str, bytes]) -> list[Problem]:
 
 # --------------------------------------------------------------------------- deployment
 def test_repo_bundle_deploys_the_approval_and_lifecycle_processes(deployment: Deployment) -> None:
-    assert sorted(deployment.executable) == [PROCESS, "milestone_lifecycle"]
+    assert sorted(deployment.executable) == [PROCESS, "milestone_contact_tasks", "milestone_lifecycle"]
     assert {BPMN_FILE, DMN_FILE, "milestone_lifecycle.bpmn"} <= set(deployment.files)
     assert deployment.file_of(PROCESS) == BPMN_FILE
     assert len(deployment.hash) == 64 and int(deployment.hash, 16) >= 0
@@ -169,10 +170,11 @@ def test_hash_changes_when_one_byte_or_a_file_name_changes(deployment: Deploymen
     changed = original.replace(marker, b"hand-written BPMn")  # one byte, inside an XML comment
     assert len(changed) == len(original) and sum(a != b for a, b in zip(changed, original, strict=True)) == 1
     one_byte = Deployment.from_files({**files, BPMN_FILE: changed})
-    assert sorted(one_byte.executable) == [PROCESS, "milestone_lifecycle"]
+    assert sorted(one_byte.executable) == [PROCESS, "milestone_contact_tasks", "milestone_lifecycle"]
     assert one_byte.hash != deployment.hash
 
-    renamed = Deployment.from_files({"milestone_approval_v2.bpmn": original, DMN_FILE: files[DMN_FILE]})
+    renamed = Deployment.from_files({"milestone_approval_v2.bpmn": original, DMN_FILE: files[DMN_FILE],
+                                     "reminder_policy.dmn": files["reminder_policy.dmn"]})
     assert renamed.hash != deployment.hash
 
 

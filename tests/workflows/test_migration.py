@@ -14,13 +14,15 @@ from workflows.migration import MigrationRefused, migrate, plan_migration
 ROOT = Path(__file__).resolve().parents[2]
 BPMN = "milestone_approval.bpmn"
 DMN = "approval_routing.dmn"
+POLICY = "reminder_policy.dmn"
 PROCESS = "milestone_approval"
 START = {"milestone_id": 1, "milestone_type": "financial", "amount": Decimal(5000), "currency": "EUR",
-         "submitted_by": "alice", "round": 1}
+         "submitted_by": "alice", "round": 1, "days_to_due": 30}
 
 
 def files() -> dict[str, bytes]:
-    return {BPMN: (ROOT / "bpmn" / BPMN).read_bytes(), DMN: (ROOT / "dmn" / DMN).read_bytes()}
+    return {BPMN: (ROOT / "bpmn" / BPMN).read_bytes(), DMN: (ROOT / "dmn" / DMN).read_bytes(),
+            POLICY: (ROOT / "dmn" / POLICY).read_bytes()}
 
 
 def version(*replacements: tuple[bytes, bytes]) -> Deployment:
@@ -51,11 +53,12 @@ WITH_CHECK = (
 )
 # v3 has no review at all: the route goes straight to the gateway.
 WITHOUT_REVIEW = (
-    (b'<bpmn:sequenceFlow id="flow_route_to_review" sourceRef="determine_approval_route" targetRef="review_milestone" />',
-     b'<bpmn:sequenceFlow id="flow_route_to_review" sourceRef="determine_approval_route" targetRef="is_approved" />'),
+    (b'<bpmn:sequenceFlow id="flow_route_to_review" sourceRef="determine_reminder_policy" targetRef="review_milestone" />',
+     b'<bpmn:sequenceFlow id="flow_route_to_review" sourceRef="determine_reminder_policy" targetRef="is_approved" />'),
     (b'<bpmn:sequenceFlow id="flow_review_to_is_approved" sourceRef="review_milestone" targetRef="is_approved" />', b""),
     (b'<bpmn:userTask id="review_milestone"', b'<bpmn:task id="review_milestone_gone"'),
-    (b"</bpmn:userTask>\n\n    <bpmn:exclusiveGateway", b"</bpmn:task>\n\n    <bpmn:exclusiveGateway"),
+    (b"</bpmn:userTask>\n\n    <!-- Non-interrupting", b"</bpmn:task>\n\n    <!-- Non-interrupting"),
+    (b'attachedToRef="review_milestone"', b'attachedToRef="review_milestone_gone"'),
     (b"<bpmn:flowNodeRef>review_milestone</bpmn:flowNodeRef>", b""),
     (b'bpmnElement="review_milestone"', b'bpmnElement="review_milestone_gone"'),
     (b'bpmnElement="flow_review_to_is_approved"', b'bpmnElement="flow_route_to_review"'),

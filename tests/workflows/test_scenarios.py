@@ -79,7 +79,7 @@ def test_a_wrong_path_names_the_first_difference(tmp_path: Path) -> None:
         s["expect"]["visited"].remove("is_financial")
 
     message = mismatch(tmp_path, "milestone_financial_approved_releases_funds.json", change)
-    assert "first difference at position 7: 'is_financial' instead of 'release_funds_task'" in message
+    assert "first difference at position 8: 'is_financial' instead of 'release_funds_task'" in message
 
 
 def test_a_wrong_service_parameter_and_wrong_data_fail(tmp_path: Path) -> None:
