@@ -31,7 +31,7 @@ from .identity import group_names
 from .incidents import incident_on_failure, refuse_if_in_incident
 from .milestones import (
     LIFECYCLE,
-    _load_lifecycle,
+    load_lifecycle,
     milestone_with_lifecycle,
     notify_approval_completed,
     open_rework_task,
@@ -39,6 +39,7 @@ from .milestones import (
     running_lifecycle_on,
     send,
 )
+from .objectives import raise_if_incomplete
 from .records import Page, paginate
 from .runtime import (
     APPROVAL_PROCESS,
@@ -301,8 +302,6 @@ def submit_milestone(uow: UnitOfWork, cache: DeploymentCache, user: User, milest
     Raises NotFound, Forbidden (someone other than the submitter resubmits), InvalidTransition,
     Conflict (incomplete).
     """
-    from .objectives import raise_if_incomplete
-
     milestone, row = milestone_with_lifecycle(uow, milestone_id)
     rework = open_rework_task(uow, milestone.id)
     waiting = set(row.waiting_for or []) if row is not None else set()
@@ -317,7 +316,7 @@ def submit_milestone(uow: UnitOfWork, cache: DeploymentCache, user: User, milest
         return Submission(milestone, latest.id, latest.round, True, _open_tasks(uow, latest.id))
     raise_if_incomplete(uow, milestone)
     milestone.submitted_by_id = user.id
-    lifecycle = _load_lifecycle(uow, cache, milestone, row)
+    lifecycle = load_lifecycle(uow, cache, milestone, row)
     send(lifecycle, "submit", user, flush=False)  # its UPDATEs go with the new round's INSERT
     if not lifecycle.services.approval_round_requested:
         raise refuse(uow, milestone, "submit")

@@ -199,7 +199,7 @@ def transition(uow: UnitOfWork, cache: DeploymentCache, user: User, milestone_id
     milestone, row = milestone_with_lifecycle(uow, milestone_id)
     if not allows(uow, milestone, action, row):
         raise refuse(uow, milestone, action)
-    loaded = _load_lifecycle(uow, cache, milestone, row)
+    loaded = load_lifecycle(uow, cache, milestone, row)
     send(loaded, action, user, flush=False)  # one flush, at the commit
     audit.record(uow, f"milestone.{action}_requested", "milestone", milestone.id,
                  after={"by": user.username, "status": milestone.status})
@@ -219,7 +219,7 @@ def send(loaded: LoadedInstance, message: str, user: User | None, *, flush: bool
     loaded.save(flush=flush)
 
 
-def _load_lifecycle(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone,
+def load_lifecycle(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone,
                     row: WorkflowInstance | None = None) -> LoadedInstance:
     """The milestone's running lifecycle instance (`row`: its row, when the caller has read it)."""
     if row is None:

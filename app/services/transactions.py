@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from ..errors import Conflict, NotFound, ValidationFailed
 from ..models import Contract, ContractTransaction, Milestone
+from ..models.objectives import Objective
 from ..uow import UnitOfWork
 from . import audit
 from .records import Page, paginate
@@ -72,8 +73,6 @@ def unlink_transaction(uow: UnitOfWork, transaction_id: int) -> ContractTransact
 
 
 def _link(uow: UnitOfWork, transaction: ContractTransaction, milestone_id: int, objective_id: int | None) -> None:
-    from ..models.objectives import Objective
-
     milestone = uow.s.get(Milestone, milestone_id)
     if milestone is None or milestone.contract_id != transaction.contract_id:
         raise ValidationFailed("unknown milestone", {"milestone_id": [f"no milestone {milestone_id} on this contract"]})
