@@ -327,6 +327,121 @@ def users_token(name: str) -> None:
     click.echo(token)
 
 
+# --------------------------------------------------------------------------- groups
+@main.group()
+def groups() -> None:
+    """Approval groups: list, create, rename, members, lead (the same rules as /api/v1/groups)."""
+
+
+def _group_command(action: Any) -> None:
+    """Run `action(uow)` in one transaction; a domain error prints `error: ...` and exits 1."""
+    from .errors import DomainError
+    from .uow import UnitOfWork
+
+    try:
+        with _opened() as state, UnitOfWork(state.session_factory) as uow:
+            action(uow)
+    except DomainError as exc:
+        click.echo(f"error: {exc.detail}", err=True)
+        sys.exit(1)
+
+
+def _echo_group(uow: Any, group_id: int) -> None:
+    from .services import groups as service
+
+    view = service.group_view(uow, group_id)
+    lead = view.group.lead.username if view.group.lead is not None else "-"
+    former = f"  (formerly {', '.join(view.aliases)})" if view.aliases else ""
+    click.echo(f"{view.group.name}  lead={lead}  members={','.join(u.username for u in view.members) or '-'}{former}")
+
+
+@groups.command("list")
+def groups_list() -> None:
+    """One line per group: name, lead, members."""
+    from .services import groups as service
+
+    def run(uow: Any) -> None:
+        for group in service.list_groups(uow, page=1, page_size=10_000).items:
+            _echo_group(uow, group.id)
+
+    _group_command(run)
+
+
+@groups.command("create")
+@click.argument("name")
+@click.option("--member", "members", multiple=True, help="username (repeatable)")
+@click.option("--lead", default=None, help="a member's username")
+@click.option("--description", default="")
+def groups_create(name: str, members: tuple[str, ...], lead: str | None, description: str) -> None:
+    """Create a group."""
+    from .services import groups as service
+
+    _group_command(lambda uow: _echo_group(uow, service.create_group(
+        uow, name, description=description, lead=lead, members=list(members)).id))
+
+
+@groups.command("rename")
+@click.argument("name")
+@click.argument("new_name")
+def groups_rename(name: str, new_name: str) -> None:
+    """Rename a group; the old name keeps routing to it (deployed tables, open tasks)."""
+    from .services import groups as service
+
+    def run(uow: Any) -> None:
+        group = service.group_by_name(uow, name)
+        service.update_group(uow, group.id, name=new_name)
+        _echo_group(uow, group.id)
+
+    _group_command(run)
+
+
+@groups.command("add-member")
+@click.argument("name")
+@click.argument("usernames", nargs=-1, required=True)
+def groups_add_member(name: str, usernames: tuple[str, ...]) -> None:
+    """Add members: they gain the group's open approval seats at once."""
+    from .services import groups as service
+
+    def run(uow: Any) -> None:
+        group = service.group_by_name(uow, name)
+        for username in usernames:
+            service.add_member(uow, group.id, username)
+        _echo_group(uow, group.id)
+
+    _group_command(run)
+
+
+@groups.command("remove-member")
+@click.argument("name")
+@click.argument("usernames", nargs=-1, required=True)
+def groups_remove_member(name: str, usernames: tuple[str, ...]) -> None:
+    """Remove members: they lose the group's open approval seats at once."""
+    from .services import groups as service
+
+    def run(uow: Any) -> None:
+        group = service.group_by_name(uow, name)
+        for username in usernames:
+            service.remove_member(uow, group.id, username)
+        _echo_group(uow, group.id)
+
+    _group_command(run)
+
+
+@groups.command("set-lead")
+@click.argument("name")
+@click.argument("username", required=False)
+def groups_set_lead(name: str, username: str | None) -> None:
+    """Set the group's lead (a member), or clear it when no username is given."""
+    from .services import groups as service
+
+    def run(uow: Any) -> None:
+        group = service.group_by_name(uow, name)
+        service.update_group(uow, group.id, lead=username, clear_lead=username is None)
+        _echo_group(uow, group.id)
+
+    _group_command(run)
+
+
 # --------------------------------------------------------------------------- demo
 @main.command()
 def demo() -> None:

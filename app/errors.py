@@ -77,3 +77,10 @@ class WorkflowFailure(DomainError):
 
     status = 500
     title = "Workflow step failed"
+
+
+class Unroutable(Conflict):
+    """The routing table gives no approval chain that can be worked (no rule matched, an unknown
+    group, a quorum the group cannot reach); nothing was submitted."""
+
+    title = "No approval route"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,12 @@ class Api:
     def post(self, path: str, json: Any = None, **kw: Any) -> Any:
         return self.client.post("/api/v1" + path, json=json, headers=self._headers(kw.pop("headers", None)), **kw)
 
+    def patch(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.client.patch("/api/v1" + path, json=json, headers=self._headers(kw.pop("headers", None)), **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.client.delete("/api/v1" + path, headers=self._headers(kw.pop("headers", None)), **kw)
+
 
 @pytest.fixture
 def make_user(app: Any) -> Any:
@@ -178,3 +185,38 @@ def new_milestone(people: dict[str, Api], contract: dict[str, Any]) -> Any:
         return activated.get_json()
 
     return create
+
+
+@pytest.fixture
+def server(app: Any) -> Iterator[str]:
+    """The app on a real threaded HTTP server (loopback); yields the API's base URL."""
+    from werkzeug.serving import make_server
+
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/api/v1"
+    finally:
+        httpd.shutdown()
+        thread.join(5)
+
+
+def race(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run the calls at the same moment, each in its own thread; an exception is returned as the result."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # surfaced by the callers' assertions
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results

@@ -176,8 +176,8 @@ def _bpmn_elements(file: str, root: etree._Element) -> Iterator[_Element]:
                 fields["documentation"] = _text(el.find(_q("documentation")))
                 fields["script"] = _text(el.find(_q("script")))
                 fields["extensions"] = _xml(el.find(_q("extensionElements")))
-                fields["loop"] = _xml(el.find(_q("multiInstanceLoopCharacteristics"))
-                                      or el.find(_q("standardLoopCharacteristics")))
+                loop = el.find(_q("multiInstanceLoopCharacteristics"))  # an element with no children is falsy
+                fields["loop"] = _xml(loop if loop is not None else el.find(_q("standardLoopCharacteristics")))
                 yield _Element("task", pid, el.get("id"), tag, file, fields)
             elif tag in EVENT_TAGS:
                 fields = _attributes(el)

@@ -25,7 +25,7 @@ from SpiffWorkflow.exceptions import SpiffWorkflowException, TaskNotFoundExcepti
 from SpiffWorkflow.util.task import TaskState
 
 from . import sandbox
-from .deployment import SERIALIZER_VERSION, Deployment
+from .deployment import READABLE_SERIALIZER_VERSIONS, SERIALIZER_VERSION, Deployment
 from .errors import ExecutionError, MessageNotExpected, StateError, TaskNotFound, TaskNotReady
 
 # Keys a completion may never write: routing decisions and identities live here, and a
@@ -49,6 +49,8 @@ class HumanTask:
     ready_at: datetime
     documentation: str | None = None
     form_key: str | None = None
+    # One child of a multi-instance activity (e.g. one seat of an approval level's review).
+    multi_instance: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,7 @@ class Instance:
         cls, deployment: Deployment, state: bytes, serializer_version: str, services: ServiceHandler | None = None
     ) -> Instance:
         """Rebuild an instance from `dump()` output made with the same deployment."""
-        if serializer_version != SERIALIZER_VERSION:
+        if serializer_version not in READABLE_SERIALIZER_VERSIONS:
             raise StateError(f"state was written by serializer {serializer_version!r}, this is {SERIALIZER_VERSION!r}")
         try:
             workflow = deployment.serializer.deserialize_json(gzip.decompress(state))
@@ -400,6 +402,7 @@ class Instance:
             ready_at=ready_at,
             documentation=getattr(spec, "documentation", None),
             form_key=meta.form_key,
+            multi_instance=spec.name.endswith(" [child]"),
         )
 
     def _resolve(self, task: Any, value: str | None) -> Any:

@@ -24,6 +24,7 @@ from .errors import DeploymentError, StateError, WorkflowError
 ACTIVE = TaskState.READY | TaskState.WAITING | TaskState.STARTED | TaskState.ERROR
 RESET = TaskState.READY | TaskState.WAITING
 FINISHED = TaskState.COMPLETED | TaskState.CANCELLED
+NOT_YET = TaskState.FUTURE | TaskState.LIKELY | TaskState.MAYBE
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,21 @@ def _migrate_copy(instance: Instance, target: Deployment,
 
     migrate_workflow(top, wf, new_spec)
     wf.subprocess_specs = dict(new_dependencies)
+    # An unfinished task (a multi-instance review with seats open) keeps the steps it predicted from the
+    # old outputs; predict them again from the new ones, or a step added after it would be skipped.
+    for task in wf.get_tasks(state=TaskState.STARTED | TaskState.READY | TaskState.WAITING, skip_subprocesses=True):
+        outputs = list(task.task_spec.outputs)
+        stale = [c for c in task.children if not c.triggered and c.has_state(NOT_YET)
+                 and c.task_spec not in outputs]
+        if not stale:
+            continue
+        for child in stale:
+            wf._remove_task(child.id)
+        present = {c.task_spec for c in task.children}
+        for spec in outputs:
+            if spec not in present:
+                child = task._add_child(spec, TaskState.FUTURE)
+                child.task_spec._predict(child, mask=TaskState.FUTURE | TaskState.PREDICTED_MASK)
     for sp_id, (diff, spec) in sub_diffs.items():
         migrate_workflow(diff, wf.subprocesses[sp_id], spec)
     for task in wf.get_tasks():

@@ -8,34 +8,47 @@ scenario's "services" (default `{}`). Used by `tests/workflows/test_scenarios.py
 A process scenario::
 
     {
-      "name": "financial milestone under 10 000 is approved by finance",
+      "name": "financial milestone of 150 000 is approved in two levels",
       "process": "milestone_approval",
-      "deployment": ["bpmn/milestone_approval.bpmn", "dmn/approval_routing.dmn"],
-      "start": {"milestone_type": "financial", "amount": 9999.99},
-      "services": {"release_funds": {"payment_id": "p-1"}},
+      "deployment": ["bpmn/milestone_approval.bpmn", "dmn/approval_routing.dmn", "dmn/reminder_policy.dmn"],
+      "start": {"milestone_id": 42, "milestone_type": "financial", "amount": 150000.00, "currency": "EUR",
+                "risk": null, "submitted_by": "alice", "rework_to": ["alice"], "round": 1, "days_to_due": 30},
+      "services": {
+        "open_approval_level": [{"level": 1, "group": "finance-managers", "seats": 1, "...": "..."},
+                                {"level": 2, "group": "executive-board", "seats": 1, "...": "..."}],
+        "close_approval_level": [{"level": 1, "outcome": "approved", "next_level": 2},
+                                 {"level": 2, "outcome": "approved", "next_level": null}],
+        "release_funds": {"payment_id": "p-1"}
+      },
       "steps": [
-        {"task": "review_milestone", "candidate_groups": ["finance"], "data": {"decision": "approve"}},
-        {"timer": "reminder"}
+        {"task": "review_milestone", "candidate_groups": ["finance-managers"],
+         "data": {"decision": "approve", "level_outcome": "approved"}},
+        {"timer": "remind"},
+        {"task": "review_milestone", "candidate_groups": ["executive-board"],
+         "data": {"decision": "approve", "level_outcome": "approved"}}
       ],
       "expect": {
         "visited": ["start", "mark_submitted", "..."],   or {"any_order": [...]}
         "not_visited": ["rework_milestone"],
         "completed": true,
-        "waiting": ["rework_milestone"],
-        "data": {"approval_group": "finance"},
-        "services": ["set_milestone_status", {"operation": "release_funds", "params": {"amount": "9999.99"}}],
+        "waiting": ["review_milestone", "review_milestone"],   (one entry per open seat)
+        "data": {"approval_group": ["finance-managers", "executive-board"]},
+        "services": ["set_milestone_status", {"operation": "release_funds", "params": {"amount": "150000.00"}}],
         "error": {"element": "release_funds_task", "message": "bank down"}
       }
     }
 
 Service answers: `"op": {...}` answers every call, `"op": [{...}, {...}]` answers the calls in
-turn (the last one repeats), and `{"$error": "text"}` makes that call fail.
+turn (the last one repeats), and `{"$error": "text"}` makes that call fail. A step completes the
+first READY task with that id (for a multi-instance task: its first open seat); a multi-instance
+task is `visited` once, when it completes, however many seats it had.
 
-A decision scenario::
+A decision scenario (the output must equal the decision's result; a COLLECT table gives lists)::
 
     {"name": "...", "decision": "approval_routing", "deployment": ["dmn/approval_routing.dmn"],
-     "cases": [{"input": {"milestone_type": "financial", "amount": 10000},
-                "output": {"approval_group": "finance-managers"}}]}
+     "cases": [{"input": {"milestone_type": "financial", "amount": 100000, "currency": "EUR", "risk": null},
+                "output": {"level": [1, 2], "approval_group": ["finance-managers", "executive-board"],
+                           "quorum": ["any", "any"], "on_decline": ["first", "first"]}}]}
 
 Numbers with a fraction are read as exact decimals (`9999.99` is `Decimal("9999.99")`).
 """

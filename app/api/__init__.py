@@ -12,6 +12,7 @@ from .idempotency import register_idempotency
 from .notifications import BLUEPRINTS as NOTIFICATION_BLUEPRINTS
 from .problems import register_error_handlers
 from .resources import BLUEPRINTS
+from .routing import BLUEPRINTS as ROUTING_BLUEPRINTS
 
 SWAGGER_ASSETS = "/api/v1/docs/assets/"
 
@@ -42,7 +43,7 @@ def register_api(app: Flask) -> Api:
     register_auth(app)
     register_idempotency(app)
     api = ProblemApi(app)
-    for blp in (*BLUEPRINTS, *NOTIFICATION_BLUEPRINTS):
+    for blp in (*BLUEPRINTS, *NOTIFICATION_BLUEPRINTS, *ROUTING_BLUEPRINTS):
         api.register_blueprint(blp)
     app.register_blueprint(health_blp)
     _serve_swagger_assets(app)

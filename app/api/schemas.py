@@ -121,6 +121,11 @@ class MilestoneFields(Strict):
     due_date = fields.Date(load_default=None, allow_none=True)
     external_refs = fields.List(fields.Nested(ExternalRef), load_default=list, validate=validate.Length(max=50))
     primary_contact_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+    # Custom fields, inputs of the routing table (e.g. {"risk": "high"}): scalar values only.
+    attributes = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")),
+                             values=fields.Raw(validate=lambda v: v is None or isinstance(v, (str, int, float, bool))
+                                               and (not isinstance(v, str) or len(v) <= 500)),
+                             load_default=dict, validate=validate.Length(max=50))
 
 
 class MilestoneIn(MilestoneFields):
@@ -140,6 +145,7 @@ class MilestoneOut(Schema):
     due_date = fields.Date(allow_none=True)
     external_refs = fields.List(fields.Dict())
     primary_contact_id = fields.Integer(allow_none=True)
+    attributes = fields.Dict()
     status = fields.String()
     published = fields.Boolean()
     published_at = fields.DateTime(allow_none=True)
@@ -237,6 +243,15 @@ class TaskOut(Schema):
     completed_at = fields.DateTime(allow_none=True)
     decision = fields.String(allow_none=True)
     comment = fields.String(allow_none=True)
+    level = fields.Integer(allow_none=True, metadata={"description": "the approval level this seat belongs to"})
+    seat = fields.Integer(allow_none=True)
+    group = fields.String(attribute="group_name", allow_none=True,
+                          metadata={"description": "the group an approval seat is routed to"})
+    substitutes = fields.Method("_substitutes", metadata={"description": "candidate -> the away approver they stand in for"})
+    delegated_by = fields.Method("_delegated_by")
+    substitute_for = fields.Method("_substitute_for")
+    completed_by = fields.Method("_completed_by")
+    on_behalf_of = fields.Method("_on_behalf_of")
 
     def _groups(self, task):  # type: ignore[no-untyped-def]
         return sorted(c.name for c in task.candidates if c.kind == "group")
@@ -244,8 +259,23 @@ class TaskOut(Schema):
     def _users(self, task):  # type: ignore[no-untyped-def]
         return sorted(c.name for c in task.candidates if c.kind == "user")
 
+    def _substitutes(self, task):  # type: ignore[no-untyped-def]
+        return {c.name: c.substitute_for for c in task.candidates if c.kind == "user" and c.substitute_for}
+
     def _assignee(self, task):  # type: ignore[no-untyped-def]
         return task.assignee.username if task.assignee is not None else None
+
+    def _delegated_by(self, task):  # type: ignore[no-untyped-def]
+        return task.delegated_by.username if task.delegated_by is not None else None
+
+    def _substitute_for(self, task):  # type: ignore[no-untyped-def]
+        return task.substitute_for.username if task.substitute_for is not None else None
+
+    def _completed_by(self, task):  # type: ignore[no-untyped-def]
+        return task.completed_by.username if task.completed_by is not None else None
+
+    def _on_behalf_of(self, task):  # type: ignore[no-untyped-def]
+        return task.on_behalf_of.username if task.on_behalf_of is not None else None
 
 
 class TaskPage(PageMeta):

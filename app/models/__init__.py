@@ -87,6 +87,20 @@ class Group(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(120), unique=True)
     description: Mapped[str] = mapped_column(String(500), default="")
+    # The group lead assigns the group's tasks and is who `group_lead` escalations reach.
+    lead_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    lead: Mapped[User | None] = relationship(foreign_keys=[lead_id])
+
+
+class GroupAlias(Base):
+    """A former name of a group: diagrams and tables deployed before a rename still reach it."""
+
+    __tablename__ = "group_aliases"
+
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -181,6 +195,8 @@ class Milestone(Base):
     due_date: Mapped[date | None] = mapped_column()
     external_refs: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     primary_contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
+    # Custom fields (e.g. {"risk": "high"}): inputs of the routing table like every other field.
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Written only by the lifecycle workflow's publish/unpublish steps.
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     published_at: Mapped[datetime | None] = mapped_column()
@@ -314,12 +330,24 @@ class HumanTaskRow(Base):
     completed_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
     decision: Mapped[str | None] = mapped_column(String(20))
     comment: Mapped[str | None] = mapped_column(Text)
+    # A seat of an approval level (app.services.routing): its level, seat number and group.
+    level: Mapped[int | None] = mapped_column(Integer)
+    seat: Mapped[int | None] = mapped_column(Integer)
+    group_name: Mapped[str | None] = mapped_column(String(120))
+    # Who handed the task to its assignee: the owner who delegated it, or the approver who is out
+    # of office; the one who completed it on someone's behalf names that someone.
+    delegated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    substitute_for_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    on_behalf_of_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     candidates: Mapped[list[TaskCandidate]] = relationship(
         back_populates="task", cascade="all, delete-orphan", lazy="selectin"
     )
     assignee: Mapped[User | None] = relationship(foreign_keys=[assignee_id], lazy="joined")
     completed_by: Mapped[User | None] = relationship(foreign_keys=[completed_by_id])
+    delegated_by: Mapped[User | None] = relationship(foreign_keys=[delegated_by_id])
+    substitute_for: Mapped[User | None] = relationship(foreign_keys=[substitute_for_id])
+    on_behalf_of: Mapped[User | None] = relationship(foreign_keys=[on_behalf_of_id])
 
 
 class TaskCandidate(Base):
@@ -329,6 +357,8 @@ class TaskCandidate(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("human_tasks.id", ondelete="CASCADE"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(5), primary_key=True)  # group | user
     name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    # A user candidate who stands in for an approver who is out of office (that approver's name).
+    substitute_for: Mapped[str | None] = mapped_column(String(80))
 
     task: Mapped[HumanTaskRow] = relationship(back_populates="candidates")
 
@@ -338,7 +368,10 @@ class AuditEvent(Base):
     """Append-only: the service never updates or deletes these rows."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_entity", "entity_type", "entity_id", "id"),)
+    __table_args__ = (
+        Index("ix_audit_events_entity", "entity_type", "entity_id", "id"),
+        Index("ix_audit_events_milestone", "milestone_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -349,6 +382,10 @@ class AuditEvent(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # Where it happened, so that a milestone's trail is one indexed read.
+    milestone_id: Mapped[int | None] = mapped_column(BigId)
+    task_id: Mapped[str | None] = mapped_column(String(36))
+    round: Mapped[int | None] = mapped_column(Integer)
 
     actor: Mapped[User | None] = relationship(lazy="joined")
 
@@ -380,3 +417,4 @@ from .notifications import (  # noqa: E402,F401  (one metadata)
 )
 from .objectives import Answer, EvidenceFile, Objective, Question  # noqa: E402,F401  (one metadata)
 from .operations import Incident  # noqa: E402,F401  (one metadata)
+from .routing import ApprovalLevel, OutOfOffice, TaskComment  # noqa: E402,F401  (one metadata)

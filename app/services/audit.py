@@ -10,7 +10,14 @@ from ..uow import UnitOfWork
 
 def record(uow: UnitOfWork, action: str, entity_type: str, entity_id: object, *,
            before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
-           actor_id: int | None = None) -> AuditEvent:
+           actor_id: int | None = None, milestone_id: int | None = None, task_id: str | None = None,
+           round: int | None = None) -> AuditEvent:
+    """Append one event. A milestone's own events, and task events given their milestone, are
+    found by `milestone_id` (the per-milestone trail); task events also name their task and round."""
+    if milestone_id is None and entity_type == "milestone":
+        milestone_id = int(str(entity_id))
+    if task_id is None and entity_type == "task":
+        task_id = str(entity_id)
     event = AuditEvent(
         actor_id=actor_id if actor_id is not None else uow.actor_id,
         action=action,
@@ -19,6 +26,9 @@ def record(uow: UnitOfWork, action: str, entity_type: str, entity_id: object, *,
         before=_jsonable(before),
         after=_jsonable(after),
         request_id=uow.request_id,
+        milestone_id=milestone_id,
+        task_id=task_id,
+        round=round,
     )
     uow.s.add(event)
     return event

@@ -5,8 +5,8 @@ The diagrams call these through `MilestoneServices` (service tasks `notify`, `es
 instance, so a reminder's outbox row commits with the timer that fired it, or not at all.
 
 Whom to notify is a comma-separated list of: `approvers` (the assignee of the instance's open
-task, or else its candidate groups and users), `submitter`, `primary_contact`, `user:<name>`, or
-a group name.
+task, or else its candidate groups and users), `submitter`, `primary_contact`, `group_lead` (the
+lead of the open level's group), `user:<name>`, or a group name.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from workflows import MessageNotExpected, ServiceCall
 
-from ..models import Contact, HumanTaskRow, Milestone, TaskCandidate, User, WorkflowInstance, utcnow
+from ..models import Contact, Group, HumanTaskRow, Milestone, TaskCandidate, User, WorkflowInstance, utcnow
 from ..uow import UnitOfWork
 from . import audit
 from .notifications import notify
@@ -65,9 +65,11 @@ def resolve_recipients(uow: UnitOfWork, milestone: Milestone | None, instance_id
                     continue
                 for candidate in task.candidates:
                     (groups if candidate.kind == "group" else users).add(candidate.name)
-            if not tasks and data is not None and data.get("approval_group"):
+            if not tasks and data is not None and isinstance(data.get("level_plan"), dict):
                 # the review opened in this very step (a zero delay): its projection comes at the save
-                groups.update(_tokens(data.get("approval_group")))
+                groups.update(_tokens(data["level_plan"].get("group")))
+        elif token == "group_lead":
+            users.update(_group_leads(uow, instance_id, data))
         elif token == "submitter":
             if milestone is not None and milestone.submitted_by_id is not None:
                 submitter = uow.s.get(User, milestone.submitted_by_id)
@@ -81,6 +83,20 @@ def resolve_recipients(uow: UnitOfWork, milestone: Milestone | None, instance_id
         else:
             groups.add(token)
     return {"users": sorted(users), "groups": sorted(groups), "contacts": sorted(contacts)}
+
+
+def _group_leads(uow: UnitOfWork, instance_id: int | None, data: Any) -> set[str]:
+    """The leads of the groups the instance's open tasks are routed to (the open level's group)."""
+    names: set[str] = set()
+    for task in _open_tasks(uow, instance_id):
+        names.update(c.name for c in task.candidates if c.kind == "group")
+        if task.group_name:
+            names.add(task.group_name)
+    if not names and data is not None and isinstance(data.get("level_plan"), dict):
+        names.add(str(data["level_plan"].get("group")))
+    if not names:
+        return set()
+    return set(uow.s.scalars(select(User.username).join(Group, Group.lead_id == User.id).where(Group.name.in_(names))))
 
 
 # --------------------------------------------------------------------------- operations
@@ -103,14 +119,20 @@ def op_escalate_tasks(services: MilestoneServices, call: ServiceCall) -> dict[st
     instance's open tasks (the next level can act on them), and are notified."""
     uow = services.uow
     instance_id = _instance_id(services)
-    groups = [t for t in _tokens(call.params.get("to")) if t not in ("approvers", "submitter", "primary_contact")
+    tokens = _tokens(call.params.get("to"))
+    groups = [t for t in tokens if t not in ("approvers", "submitter", "primary_contact", "group_lead")
               and not t.startswith("user:")]
+    leads = sorted(_group_leads(uow, instance_id, call.data)) if "group_lead" in tokens else []
     tasks = _open_tasks(uow, instance_id)
     for task in tasks:
         present = {(c.kind, c.name) for c in task.candidates}
         added = [g for g in groups if ("group", g) not in present]
         for group in added:
             task.candidates.append(TaskCandidate(kind="group", name=group))
+        for lead in leads:
+            if ("user", lead) not in present:
+                task.candidates.append(TaskCandidate(kind="user", name=lead))
+                added.append(f"user:{lead}")
         if added:
             audit.record(uow, "task.escalated", "task", task.id,
                          after={"added_groups": added, "bpmn_id": task.bpmn_id, "by_step": call.bpmn_id})

@@ -1,4 +1,5 @@
-"""A small demo: one account, one contract, three active milestones, four approval groups, four users."""
+"""A small demo: one account, one contract, three active milestones, four approval groups (one with a
+lead), four users."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy import select
 
-from ..models import Account, User
+from ..models import Account, Group, User
 from ..uow import UnitOfWork
 from . import identity, milestones, records
 from .runtime import DeploymentCache
@@ -18,6 +19,7 @@ DEMO_USERS = {
     "carol": ["finance-managers", "executive-board"],
     "dave": ["project-managers"],
 }
+DEMO_LEADS = {"finance-managers": "carol"}
 
 
 def load_demo(uow: UnitOfWork, cache: DeploymentCache) -> dict[str, str]:
@@ -25,6 +27,11 @@ def load_demo(uow: UnitOfWork, cache: DeploymentCache) -> dict[str, str]:
     for name, groups in DEMO_USERS.items():
         if uow.s.scalar(select(User).where(User.username == name)) is None:
             identity.create_user(uow, name, groups)
+    for group_name, lead in DEMO_LEADS.items():
+        group = uow.s.scalar(select(Group).where(Group.name == group_name))
+        user = uow.s.scalar(select(User).where(User.username == lead))
+        if group is not None and user is not None and group.lead_id is None:
+            group.lead_id = user.id  # assigns the group's tasks (POST /tasks/{id}/assignment)
     if uow.s.scalar(select(Account).where(Account.name == "Acme Construction")) is None:
         alice = identity.get_user(uow, "alice")
         uow.actor_id = alice.id

@@ -15,7 +15,7 @@ from sqlalchemy.orm import make_transient_to_detached
 from ..errors import Conflict, NotFound, Unauthenticated, ValidationFailed
 from ..models import ApiToken, Group, Membership, User
 from ..uow import UnitOfWork
-from . import audit
+from . import audit, routing
 
 TOKEN_PREFIX = "cm_"
 
@@ -52,6 +52,10 @@ def create_user(uow: UnitOfWork, username: str, groups: list[str], *, display_na
     for name in groups:
         add_member(uow, user, ensure_group(uow, name))
     audit.record(uow, "user.created", "user", user.id, after={"username": username, "groups": groups})
+    if groups:
+        uow.flush()
+        # a new member gains the open approval seats of their groups at once
+        routing.reproject_levels(uow, routing.open_levels_of_groups(uow, groups), reason=f"{username} created")
     return user
 
 
@@ -60,6 +64,14 @@ def add_member(uow: UnitOfWork, user: User, group: Group) -> None:
     if exists is None:
         uow.s.add(Membership(user_id=user.id, group_id=group.id))
         audit.record(uow, "membership.added", "group", group.id, after={"user": user.username})
+
+
+def user_named(uow: UnitOfWork, username: str, field: str) -> User:
+    """The user called `username`; ValidationFailed naming `field` when there is none (bad input, 422)."""
+    user = uow.s.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise ValidationFailed(f"there is no user {username!r}", {field: [f"unknown user {username!r}"]})
+    return user
 
 
 def get_user(uow: UnitOfWork, username: str) -> User:

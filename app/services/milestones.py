@@ -41,7 +41,8 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
                      currency: str | None = None, amount: Decimal | None = None,
                      percentage: Decimal | None = None, description: str = "", due_date: date | None = None,
                      external_refs: list[dict[str, str]] | None = None,
-                     primary_contact_id: int | None = None) -> Milestone:
+                     primary_contact_id: int | None = None,
+                     attributes: dict[str, Any] | None = None) -> Milestone:
     """Create a draft milestone on a contract and start its lifecycle workflow.
 
     Raises ValidationFailed (field errors), NotFound (contract), Conflict (duplicate code, or the
@@ -96,7 +97,7 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
         contract_id=contract.id, account_id=contract.account_id, code=code, description=description, type=type,
         amount=amount, percentage=percentage, currency=currency, due_date=due_date,
         external_refs=list(external_refs or []), primary_contact_id=primary_contact_id,
-        created_by_id=uow.actor_id,
+        attributes=dict(attributes or {}), created_by_id=uow.actor_id,
     )
     uow.s.add(milestone)
     uow.flush()
@@ -147,7 +148,7 @@ def milestone_with_lifecycle(uow: UnitOfWork, milestone_id: int) -> tuple[Milest
 _OPEN_REWORK_TASK = (
     select(HumanTaskRow).join(WorkflowInstance, WorkflowInstance.id == HumanTaskRow.instance_id).where(
         HumanTaskRow.milestone_id == bindparam("milestone_id"), HumanTaskRow.status == "open",
-        WorkflowInstance.process_id == APPROVAL_PROCESS,
+        WorkflowInstance.process_id == APPROVAL_PROCESS, HumanTaskRow.level.is_(None),  # not an approval seat
         select(TaskCandidate.task_id).where(TaskCandidate.task_id == HumanTaskRow.id,
                                             TaskCandidate.kind == "user").exists(),
     ).limit(1))

@@ -29,6 +29,8 @@ EVENTS: dict[str, tuple[str, str]] = {
                           "Milestone {code} ({amount}) was submitted for approval and still waits for a decision."),
     "approval.escalated": ("Escalated: the review of milestone {code} is overdue",
                            "The review of milestone {code} ({amount}) is past its due date; it is now yours too."),
+    "approval.declined": ("Declined: milestone {code} needs rework",
+                          "Milestone {code} ({amount}) was declined. Address the reasons below, then resubmit it."),
     "contact.tasks_assigned": ("Milestone {code} is active: your to-dos",
                                "Answer the objective questions, upload the evidence and submit milestone {code}"
                                "{due_note}."),
@@ -77,6 +79,8 @@ def compose(event: str, milestone: Milestone | None, context: dict[str, Any]) ->
     title, first = EVENTS.get(event, ("Milestone {code}: " + event, "Milestone {code}: " + event + "."))
     values = {"code": code, "amount": amount, "due": due, "due_note": due_note}
     lines = [first.format(**values)]
+    for reason in context.get("reasons") or []:
+        lines.append(f"- {reason}")
     if context.get("task_ids"):
         lines.append("Open tasks: " + ", ".join(f"/api/v1/tasks/{t}" for t in context["task_ids"]))
     if milestone is not None:

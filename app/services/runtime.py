@@ -38,9 +38,9 @@ from ..models import (
     utcnow,
 )
 from ..uow import UnitOfWork, as_conflict
-from . import audit
+from . import audit, routing
+from .routing import APPROVAL_PROCESS
 
-APPROVAL_PROCESS = "milestone_approval"
 LIFECYCLE_PROCESS = "milestone_lifecycle"
 MILESTONE_STATUSES = ("draft", "active", "submitted", "approved", "declined", "completed", "cancelled")
 
@@ -164,9 +164,13 @@ class MilestoneServices:
         self.instance_row = instance_row
         self.next_round_requested = False
         self.approval_round_requested = False
+        # Approval levels opened in this transaction: the save makes their review children seats.
+        self.opened_levels: list[Any] = []
 
     def __call__(self, call: ServiceCall) -> Any:
         handler = getattr(self, f"op_{call.operation}", None)
+        if handler is None and call.operation in routing.OPERATIONS:
+            return routing.OPERATIONS[call.operation](self, call)
         if handler is None:
             from .automation import OPERATIONS  # notify, escalate_tasks, the contact's to-dos
 
@@ -176,13 +180,15 @@ class MilestoneServices:
             return operation(self, call)
         return handler(call)
 
-    def _milestone(self) -> Milestone:
+    def require_milestone(self) -> Milestone:
+        """The instance's milestone; LookupError (a failing step) when it has none."""
         if self.milestone is None:
             raise LookupError("this instance is not bound to a milestone")
         return self.milestone
 
+
     def op_set_milestone_status(self, call: ServiceCall) -> dict[str, Any]:
-        milestone = self._milestone()
+        milestone = self.require_milestone()
         status = str(call.params.get("status"))
         if status not in MILESTONE_STATUSES:
             raise ValueError(f"unknown milestone status {status!r}")
@@ -194,7 +200,7 @@ class MilestoneServices:
         return {"status": status, "previous": before}
 
     def op_release_funds(self, call: ServiceCall) -> dict[str, Any]:
-        milestone = self._milestone()
+        milestone = self.require_milestone()
         if int(call.params.get("milestone_id", -1)) != milestone.id:
             raise ValueError("release_funds was called for another milestone")
         amount = Decimal(str(call.params.get("amount")))
@@ -207,7 +213,7 @@ class MilestoneServices:
         # changes (the milestone's status) need not be flushed for it: they flush with the save.
         dialect = self.uow.s.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        values = dict(milestone_id=milestone.id, instance_id=self._instance_id(), task_id=call.task_id,
+        values = dict(milestone_id=milestone.id, instance_id=self.instance_row_id(), task_id=call.task_id,
                       amount=amount, currency=currency, round=milestone.round, released_at=utcnow())
         release_id = self.uow.s.execute(
             insert(FundRelease).values(**values).on_conflict_do_nothing().returning(FundRelease.id),
@@ -234,7 +240,7 @@ class MilestoneServices:
         return {"requested": True}
 
     def op_set_published(self, call: ServiceCall) -> dict[str, Any]:
-        milestone = self._milestone()
+        milestone = self.require_milestone()
         published = bool(call.params.get("published"))
         before = {"published": milestone.published, "published_at": milestone.published_at}
         milestone.published = published
@@ -246,7 +252,7 @@ class MilestoneServices:
 
     def op_cancel_approval_rounds(self, call: ServiceCall) -> dict[str, Any]:
         """Cancel every running approval round of the milestone; their tasks leave all inboxes."""
-        milestone = self._milestone()
+        milestone = self.require_milestone()
         cancelled = []
         running = self.uow.s.scalars(select(WorkflowInstance).where(
             WorkflowInstance.milestone_id == milestone.id, WorkflowInstance.process_id == APPROVAL_PROCESS,
@@ -262,11 +268,13 @@ class MilestoneServices:
                          after={"milestone_id": milestone.id, "round": row.round, "by_step": call.bpmn_id})
         return {"cancelled_instances": cancelled}
 
-    def _instance_id(self) -> int:
+    def instance_row_id(self) -> int:
+        """The instance row's id (flushing a new row to get one)."""
         if self.instance_row is None or self.instance_row.id is None:
             self.uow.flush()
         assert self.instance_row is not None
         return self.instance_row.id
+
 
 
 class LoadedInstance:
@@ -304,6 +312,12 @@ class LoadedInstance:
         if row.id is None:
             self.uow.flush()  # the INSERT, state included; a second start of the same round fails here
         created = project_tasks(self.uow, row, ready, lookup=not self.no_open_tasks)
+        if created and self.services.opened_levels:
+            routing.seat_new_tasks(self.uow, self.services.opened_levels, created,
+                                   {t.id for t in ready if t.multi_instance})
+        self.services.opened_levels = []
+        if created:
+            routing.substitute_new_tasks(self.uow, created)
         if flush:
             self.uow.flush()
         # Every save makes the open rows equal to `ready` (task rows are only created here, other

@@ -15,6 +15,7 @@ from ..models import WorkflowInstance, utcnow
 from ..uow import UnitOfWork
 from . import audit
 from .incidents import incident_on_failure, refuse_if_in_incident
+from .out_of_office import switch_due_periods
 from .runtime import DeploymentCache, load_instance
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class TimerRun:
     fired: list[int] = field(default_factory=list)
     conflicts: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
+    periods: list[int] = field(default_factory=list)  # out-of-office periods started or ended
 
 
 def fire_due_timers(session_factory: sessionmaker[Session], cache: DeploymentCache, *,
@@ -41,6 +43,11 @@ def fire_due_timers(session_factory: sessionmaker[Session], cache: DeploymentCac
     that hit them changed nothing.
     """
     run = TimerRun()
+    # Out-of-office periods whose start or end has come switch first, so that a reminder fired
+    # in this run already reaches the substitute.
+    with UnitOfWork(session_factory) as uow:
+        switched = switch_due_periods(uow)
+        run.periods = switched["started"] + switched["ended"]
     tried: set[int] = set()
     while len(tried) < limit:
         with UnitOfWork(session_factory) as uow:

@@ -32,7 +32,9 @@ def test_financial_milestone_is_routed_approved_and_funds_released_once(app, peo
     assert submission["round"] == 1
     [task] = submission["open_tasks"]
     assert task["bpmn_id"] == "review_milestone"
-    assert task["candidate_groups"] == ["finance-managers"]  # DMN: financial, 10k <= amount < 100k
+    # DMN: financial, 10k <= amount < 100k -> one level, one of the finance managers
+    assert (task["group"], task["level"], task["seat"]) == ("finance-managers", 1, 1)
+    assert task["candidate_users"] == ["bob", "carol"] and task["candidate_groups"] == []
     due = datetime.fromisoformat(task["due_at"]) - datetime.fromisoformat(task["created_at"])
     assert due == timedelta(days=5)
 
@@ -67,12 +69,12 @@ def test_financial_milestone_is_routed_approved_and_funds_released_once(app, peo
 
 def test_routing_follows_the_decision_table(people, new_milestone):
     alice = people["alice"]
-    cases = [("financial", "5000.00", "finance"), ("financial", "150000.00", "executive-board"),
+    cases = [("financial", "5000.00", "finance"), ("financial", "150000.00", "finance-managers"),
              ("non_financial", None, "project-managers")]
     for type_, amount, group in cases:
         milestone = new_milestone(type=type_, amount=amount)
         [task] = _submit(alice, milestone["id"])["open_tasks"]
-        assert task["candidate_groups"] == [group], (type_, amount)
+        assert (task["group"], task["level"]) == (group, 1), (type_, amount)
 
 
 def test_non_financial_approval_releases_no_funds(app, people, new_milestone):
@@ -126,13 +128,15 @@ def test_submitter_can_never_approve_their_own_milestone(app, people, make_user,
     frank = make_user("frank", "finance-managers")
     milestone = new_milestone()
     [task] = _submit(frank, milestone["id"])["open_tasks"]
-    assert task["id"] in [t["id"] for t in _inbox(frank)]
+    assert task["candidate_users"] == ["bob", "carol"]  # the submitter is left out of the electorate ...
+    assert _inbox(frank) == []
 
     for attempt in (frank.post(f"/tasks/{task['id']}/completion", {"decision": "approve"}),
                     frank.post(f"/tasks/{task['id']}/claim")):
         assert attempt.status_code == 403
         assert attempt.content_type == "application/problem+json"
-        assert "segregation of duties" in attempt.get_json()["detail"]
+        assert "segregation of duties" in attempt.get_json()["detail"]  # ... and told why when he tries
+        assert attempt.get_json()["rule"] == "submitter"
     # nothing changed
     with app.extensions["milestones"].session_factory() as s:
         assert s.get(HumanTaskRow, task["id"]).status == "open"

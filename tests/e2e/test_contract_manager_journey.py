@@ -59,6 +59,10 @@ def test_contract_manager_builds_submits_and_finds_everything(people):
 
     [review] = _ok(alice.post(f"/milestones/{piling['id']}/submission"), 201)["open_tasks"]
     [survey_review] = _ok(alice.post(f"/milestones/{survey['id']}/submission"), 201)["open_tasks"]
+    # 80 000: one level of finance managers; non-financial: one of project managers
+    assert (review["level"], review["group"], sorted(review["candidate_users"])) == (1, "finance-managers",
+                                                                                     ["bob", "carol"])
+    assert (survey_review["group"], survey_review["candidate_users"]) == ("project-managers", ["dave"])
     _ok(bob.post(f"/tasks/{review['id']}/completion", {"decision": "approve", "comment": "42 piles seen"}))
 
     detail = _ok(alice.get(f"/milestones/{piling['id']}"))

@@ -139,9 +139,15 @@ def test_decision_and_decline_reason_are_required(app, people, new_milestone):
                                  422)["errors"]
     assert "decision" in _problem(bob.post(f"/tasks/{task['id']}/completion", {"decision": "maybe"}), 422)["errors"]
     # a completion cannot smuggle in routing data: extra fields are refused, form data is namespaced
-    assert "approval_group" in _problem(bob.post(f"/tasks/{task['id']}/completion",
-                                                 {"decision": "approve", "approval_group": "x"}), 422)["errors"]
+    for smuggled in ("approval_group", "level_outcome"):
+        assert smuggled in _problem(bob.post(f"/tasks/{task['id']}/completion",
+                                             {"decision": "approve", smuggled: "x"}), 422)["errors"]
     assert bob.get(f"/tasks/{task['id']}").get_json()["status"] == "open"
+    # form data cannot outvote the application's count of the level either: the approval counts
+    done = bob.post(f"/tasks/{task['id']}/completion",
+                    {"decision": "approve", "data": {"level_outcome": "declined", "decision": "decline"}})
+    assert done.status_code == 200, done.get_json()
+    assert people["alice"].get(f"/milestones/{milestone['id']}").get_json()["status"] == "completed"
 
 
 def test_bad_query_parameters_are_named(people):

@@ -130,6 +130,9 @@ def test_cancel_from_every_open_state(app, people, new_milestone):
     [task] = _ok(alice.post(f"/milestones/{declined['id']}/submission"), 201)["open_tasks"]
     _ok(bob.post(f"/tasks/{task['id']}/completion", {"decision": "decline", "comment": "no"}))
     assert _ok(alice.get(f"/milestones/{declined['id']}"))["allowed_actions"] == ["submit", "cancel"]
+    # the rework goes back to the submitter (the milestone has no primary contact)
+    assert [(t["bpmn_id"], t["candidate_users"]) for t in _ok(alice.get("/tasks"))["items"]] == [
+        ("rework_milestone", ["alice"])]
     assert _ok(alice.post(f"/milestones/{declined['id']}/cancellation"))["status"] == "cancelled"
     assert _ok(alice.get("/tasks"))["items"] == []  # the rework task is gone too
 

@@ -49,6 +49,9 @@ UNKNOWN_OPERATION = (
       b'</bpmn:extensionElements></bpmn:serviceTask>\n<bpmn:exclusiveGateway id="is_financial"')),
 )
 RENAMED_REVIEW = ((b'name="Review milestone"', b'name="Review the milestone"'),)
+# The "every level approved" condition, made an assignment: it no longer compiles.
+ALL_APPROVED = b'level_result["outcome"] == "approved" and level_result["next_level"] is None'
+ALL_APPROVED_BROKEN = (ALL_APPROVED, ALL_APPROVED.replace(b'"outcome"] ==', b'"outcome"] ='))
 
 
 def repo_bundle() -> dict[str, bytes]:
@@ -111,12 +114,15 @@ def analyst(make_user: Any) -> Api:
 
 
 def submit_for_review(people: dict[str, Api], new_milestone: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A financial milestone submitted by alice; returns it and its review task (bob's inbox)."""
+    """A financial milestone (below 10 000: one finance approval) submitted by alice; returns it and its
+    review seat (bob's inbox)."""
     milestone = new_milestone(amount="5000.00")
     submitted = people["alice"].post(f"/milestones/{milestone['id']}/submission")
     assert submitted.status_code == 201, submitted.get_json()
     [task] = submitted.get_json()["open_tasks"]
-    assert task["candidate_groups"] == ["finance"]
+    # one seat of the single finance level; its electorate is the group's members (bob), as users
+    assert (task["level"], task["seat"], task["group"]) == (1, 1, "finance")
+    assert task["candidate_users"] == ["bob"] and task["candidate_groups"] == []
     return milestone, task
 
 
@@ -143,11 +149,11 @@ def test_only_admins_and_analysts_deploy_and_a_refusal_stores_nothing(app, peopl
     assert set(v2["processes"]) >= {"milestone_approval"}
     assert {f["name"] for f in v2["files"]} == set(repo_bundle())
 
-    broken = bundle((b"decision == \"approve\"", b"decision = \"approve\""),
-                    (b'camunda:candidateUsers="${submitted_by}"', b'camunda:candidateUsers="${submitted_by +}"'))
+    broken = bundle(ALL_APPROVED_BROKEN,
+                    (b'camunda:candidateUsers="${rework_to}"', b'camunda:candidateUsers="${rework_to +}"'))
     body = problem(upload(analyst, "/deployments", broken), 422)
     located = {(p["file"], p["element_id"]) for p in body["problems"]}
-    assert {(APPROVAL, "flow_approve"), (APPROVAL, "rework_milestone")} <= located
+    assert {(APPROVAL, "flow_all_levels_approved"), (APPROVAL, "rework_milestone")} <= located
     assert all(p["line"] for p in body["problems"])
     assert APPROVAL in body["errors"]
     partial = {APPROVAL: repo_bundle()[APPROVAL]}  # a bundle must be complete: the routing DMN is missing
@@ -208,7 +214,7 @@ def test_validation_reports_every_problem_and_never_stores(app, analyst):
     before = counts(app)
     good = upload(analyst, "/deployments/validation", bundle(*RENAMED_REVIEW))
     assert good.status_code == 200 and good.get_json() == {"valid": True, "problems": []}
-    lane_routed = bundle((b' camunda:candidateGroups="${approval_group}"', b""))
+    lane_routed = bundle((b' camunda:candidateGroups="${level_plan[\'group\']}"', b""))
     body = upload(analyst, "/deployments/validation", lane_routed).get_json()
     assert body["valid"] is False
     # without candidates the review goes to its lane, "Approvers", which is no group of this database
@@ -377,9 +383,8 @@ def test_migration_dry_run_reports_refuses_impossible_moves_and_then_moves(app, 
     instance_id = approval_row(app, milestone["id"]).id
     assert upload(analyst, "/deployments", bundle(*RENAMED_REVIEW, *CHECK_LIMIT_FIXED)).status_code == 201
     no_review = bundle(
-        (b'sourceRef="determine_reminder_policy" targetRef="review_milestone"',
-         b'sourceRef="determine_reminder_policy" targetRef="is_approved"'),
-        (b'<bpmn:sequenceFlow id="flow_review_to_is_approved" sourceRef="review_milestone" targetRef="is_approved" />',
+        (b'sourceRef="open_level" targetRef="review_milestone"', b'sourceRef="open_level" targetRef="close_level"'),
+        (b'<bpmn:sequenceFlow id="flow_review_to_close" sourceRef="review_milestone" targetRef="close_level" />',
          b""),
         (b'<bpmn:userTask id="review_milestone"', b'<bpmn:task id="review_gone"'),
         (b"</bpmn:userTask>\n\n    <!-- Non-interrupting", b"</bpmn:task>\n\n    <!-- Non-interrupting"),
@@ -436,11 +441,11 @@ def write_bundle(directory: Path, files: dict[str, bytes]) -> list[str]:
 
 def test_cli_validates_deploys_and_migrates_with_the_same_problem_lines(app, people, new_milestone, cli_env):
     runner = CliRunner()
-    broken = write_bundle(cli_env / "broken", bundle((b'decision == "approve"', b'decision = "approve"')))
+    broken = write_bundle(cli_env / "broken", bundle(ALL_APPROVED_BROKEN))
     checked = runner.invoke(main, ["validate", *broken])
     assert checked.exit_code == 1
     [line] = [ln for ln in checked.output.splitlines() if ln.strip()]
-    assert line.startswith(f"{APPROVAL}:") and "[flow_approve] conditionExpression does not compile" in line
+    assert line.startswith(f"{APPROVAL}:") and "[flow_all_levels_approved] conditionExpression does not compile" in line
 
     for prolog, _status in [p.values for p in HOSTILE]:
         hostile = write_bundle(cli_env / "hostile", hostile_bundle(prolog))

@@ -155,6 +155,15 @@ def _deliveries(app: Any, **where: Any) -> list[Delivery]:
         return rows
 
 
+def _approval_row(app: Any, milestone_id: int) -> WorkflowInstance:
+    with app.extensions["milestones"].session_factory() as s:
+        row = s.scalar(select(WorkflowInstance).where(WorkflowInstance.milestone_id == milestone_id,
+                                                      WorkflowInstance.process_id == "milestone_approval"))
+        assert row is not None
+        s.expunge(row)
+        return row
+
+
 def test_a_worker_killed_mid_delivery_is_replaced_and_the_effect_happens_once(app, people, contract, workers, ring):
     receiver = WebhookReceiver(secret="s3cret", hang_first=1).start()  # takes the first request, then stalls
     try:
@@ -213,6 +222,8 @@ def test_a_database_connection_dropped_mid_task_is_retried_and_fires_once(app, p
     deploy(app, policy_bundle(remind_after="PT0.1S"))
     milestone = new_milestone(amount="5000.00")
     assert people["alice"].post(f"/milestones/{milestone['id']}/submission").status_code == 201
+    submitted = _approval_row(app, milestone["id"])
+    assert submitted.status == "running" and submitted.next_timer_at is not None
     engine = app.extensions["milestones"].engine
     workers.start("victim")
     # (autocommit: pg_stat_activity is a snapshot per transaction)
@@ -233,7 +244,7 @@ def test_a_database_connection_dropped_mid_task_is_retried_and_fires_once(app, p
     assert len(outbox(app, "approval.reminder")) == 1
     with app.extensions["milestones"].session_factory() as s:
         assert s.scalar(select(Incident.id)) is None  # a lost connection is no incident
-        row = s.scalar(select(WorkflowInstance).where(WorkflowInstance.milestone_id == milestone["id"],
-                                                      WorkflowInstance.process_id == "milestone_approval"))
-        assert row is not None and row.status == "running" and row.version == 2  # saved once after the start
-        assert s.scalar(select(OutboxMessage.instance_id)) == row.id
+        assert s.scalar(select(OutboxMessage.instance_id)) == submitted.id
+    row = _approval_row(app, milestone["id"])
+    # the attempt that lost its connection wrote nothing; the retry saved the instance once
+    assert row.id == submitted.id and row.status == "running" and row.version == submitted.version + 1

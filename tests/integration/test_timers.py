@@ -62,13 +62,15 @@ def test_a_review_is_reminded_then_escalated_to_the_next_level(app, people, new_
     deploy(app, policy_bundle(remind_after="PT0.2S", escalate_after="PT1.2S", remind_to="approvers, submitter"))
     milestone = new_milestone(amount="5000.00")
     [task] = _submit(people, milestone)["open_tasks"]
+    assert task["group"] == "finance" and task["candidate_users"] == ["bob"] and task["candidate_groups"] == []
     assert people["carol"].get(f"/tasks/{task['id']}").status_code == 404  # finance-managers: not yet
 
     instance_id = _approval(app, milestone["id"]).id
     wait_for(lambda: _approval_due(app, instance_id), 5, "the reminder")
     assert _fire(app).fired == [instance_id]
     [reminder] = outbox(app, "approval.reminder")
-    assert reminder.recipients == {"groups": ["finance"], "users": ["alice"]}
+    # "approvers" are the level's electorate (users: bob of finance), "submitter" is alice
+    assert reminder.recipients == {"users": ["alice", "bob"]}
     assert reminder.milestone_id == milestone["id"]
     assert task["id"] in reminder.payload["body"] and "awaits your review" in reminder.payload["title"]
     assert outbox(app, "approval.escalated") == []
@@ -78,8 +80,10 @@ def test_a_review_is_reminded_then_escalated_to_the_next_level(app, people, new_
     [escalation] = outbox(app, "approval.escalated")
     assert escalation.recipients == {"groups": ["finance-managers"]}
     with _state(app).session_factory() as s:
-        groups = set(s.scalars(select(TaskCandidate.name).where(TaskCandidate.task_id == task["id"])))
-    assert groups == {"finance", "finance-managers"}
+        candidates = {(kind, name) for kind, name in s.execute(
+            select(TaskCandidate.kind, TaskCandidate.name).where(TaskCandidate.task_id == task["id"]))}
+    # the electorate stays; the escalation adds the next level's group
+    assert candidates == {("user", "bob"), ("group", "finance-managers")}
     # the next level sees the review in its inbox now and may decide it; the review was never closed
     assert [t["id"] for t in people["carol"].get("/tasks").get_json()["items"]] == [task["id"]]
     decided = people["carol"].post(f"/tasks/{task['id']}/completion", {"decision": "approve"})
@@ -112,8 +116,9 @@ def test_an_analyst_changes_the_policy_table_and_new_rounds_follow_it(app, peopl
     for milestone in (first, second):
         _send_now(app, _approval(app, milestone["id"]).id, "remind")
     by_milestone = {m.milestone_id: m.recipients for m in outbox(app, "approval.reminder")}
-    assert by_milestone == {first["id"]: {"groups": ["finance"]},
-                            second["id"]: {"groups": ["contract-managers", "finance"]}}
+    # "approvers" are the users of the level (bob of finance); a group named in the table stays a group
+    assert by_milestone == {first["id"]: {"users": ["bob"]},
+                            second["id"]: {"users": ["bob"], "groups": ["contract-managers"]}}
 
 
 def _send_now(app: Any, instance_id: int, timer: str) -> None:

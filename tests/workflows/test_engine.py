@@ -11,7 +11,7 @@ import gzip
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BPMN_DIR = ROOT / "bpmn"
 DMN_DIR = ROOT / "dmn"
 PROCESS = "milestone_approval"
+EPOCH = datetime.fromtimestamp(0, UTC)
 BPMN_FILE = "milestone_approval.bpmn"
 DMN_FILE = "approval_routing.dmn"
 
@@ -57,18 +58,44 @@ def deployment() -> Deployment:
 
 @dataclass
 class Services:
-    """Records every service call the engine makes and answers like the application would."""
+    """Records every service call the engine makes and answers like the application would.
+
+    `open_approval_level` opens the next level of the chain the routing table wrote (the COLLECT
+    outputs level, approval_group, quorum and on_decline are lists, one item per level) with
+    `seats[i]` seats at the i-th level (the last entry repeats); `close_approval_level` closes it
+    with the level_outcome of the seat that completed it and names the chain's next level, if any.
+    """
 
     calls: list[ServiceCall] = field(default_factory=list)
     fail_on: str | None = None
     error: BaseException | None = None
+    seats: tuple[int, ...] = (1,)
 
     def __call__(self, call: ServiceCall) -> Any:
         self.calls.append(call)
         if call.operation == self.fail_on:
             assert self.error is not None
             raise self.error
+        if call.operation == "open_approval_level":
+            return self._open_level(call)
+        if call.operation == "close_approval_level":
+            return self._close_level(call)
         return {"ok": True, "operation": call.operation}
+
+    def _open_level(self, call: ServiceCall) -> dict[str, Any]:
+        i = self.operations.count("open_approval_level") - 1
+        seats = self.seats[min(i, len(self.seats) - 1)]
+        quorum = call.data["quorum"][i]
+        return {"level": call.data["level"][i], "group": call.data["approval_group"][i], "quorum": quorum,
+                "required": 1 if quorum == "any" else seats, "seats": seats, "eligible": seats,
+                "on_decline": call.data["on_decline"][i]}
+
+    def _close_level(self, call: ServiceCall) -> dict[str, Any]:
+        i = self.operations.count("close_approval_level") - 1
+        levels = call.data["level"]
+        outcome = call.data["level_outcome"]
+        return {"level": levels[i], "outcome": outcome, "approvals": int(outcome == "approved"),
+                "declines": int(outcome == "declined"), "next_level": levels[i + 1] if i + 1 < len(levels) else None}
 
     @property
     def ops(self) -> list[tuple[str, dict[str, Any]]]:
@@ -84,12 +111,22 @@ class Services:
 
 
 def milestone(**overrides: Any) -> dict[str, Any]:
+    """The start data the application puts on the root task."""
     data: dict[str, Any] = {
         "milestone_id": 42,
+        "milestone_code": "M-42",
         "milestone_type": "financial",
         "amount": Decimal("5000"),
         "currency": "EUR",
+        "contract_id": 7,
+        "contract_number": "C-2024-007",
+        "contract_value": Decimal("2500000"),
+        "account_id": 3,
+        "account_name": "Acme Ltd",
+        "attributes": {},
+        "risk": None,
         "submitted_by": "alice",
+        "rework_to": ["alice"],
         "round": 1,
         "days_to_due": 30,
     }
@@ -97,10 +134,31 @@ def milestone(**overrides: Any) -> dict[str, Any]:
     return data
 
 
+# What the application passes when a seat of review_milestone completes: the seat's vote and its
+# count of the level's votes so far ("pending" keeps the level open).
+APPROVE = {"decision": "approve", "comment": "fine", "level_outcome": "approved"}
+DECLINE = {"decision": "decline", "comment": "missing invoice", "level_outcome": "declined"}
+PENDING = {"decision": "approve", "comment": "one more approval needed", "level_outcome": "pending"}
+
+SUBMITTED = [("set_milestone_status", {"status": "submitted"}), ("plan_approval_levels", {"round": 1})]
+OPEN = ("open_approval_level", {"round": 1})
+CLOSE = ("close_approval_level", {"round": 1})
+
+
 def only_task(instance: Instance) -> HumanTask:
     tasks = instance.ready_human_tasks()
     assert len(tasks) == 1, tasks
     return tasks[0]
+
+
+def approve_every_level(instance: Instance) -> list[tuple[str, ...]]:
+    """Approve level after level (one seat each) until no review is open; the groups, in order."""
+    groups = []
+    while (seats := [t for t in instance.ready_human_tasks() if t.bpmn_id == "review_milestone"]):
+        assert len(seats) == 1, seats
+        groups.append(seats[0].candidate_groups)
+        instance.complete(seats[0].id, APPROVE)
+    return groups
 
 
 def roundtrip(deployment: Deployment, instance: Instance, services: Services) -> Instance:
@@ -185,41 +243,52 @@ def test_from_directories_without_models_is_a_deployment_error(tmp_path: Path) -
 
 
 # --------------------------------------------------------------------------- routing (every DMN row)
+FM, EB, CM = "finance-managers", "executive-board", "contract-managers"
 ROUTES = [
-    pytest.param("financial", "5000", "finance", id="financial-small"),
-    pytest.param("financial", "9999.99", "finance", id="financial-small-edge"),
-    pytest.param("financial", "10000", "finance-managers", id="financial-medium-edge"),
-    pytest.param("financial", "50000", "finance-managers", id="financial-medium"),
-    pytest.param("financial", "99999.99", "finance-managers", id="financial-medium-upper-edge"),
-    pytest.param("financial", "100000", "executive-board", id="financial-large"),
-    pytest.param("non_financial", "0", "project-managers", id="non-financial"),
-    pytest.param("non_financial", "250000", "project-managers", id="non-financial-large-amount"),
-    pytest.param("in_kind", "1", "finance", id="fallback-row"),
+    pytest.param("financial", "5000", None, ["finance"], id="financial-small"),
+    pytest.param("financial", "9999.99", None, ["finance"], id="financial-small-edge"),
+    pytest.param("financial", "10000", None, [FM], id="financial-medium-edge"),
+    pytest.param("financial", "50000", None, [FM], id="financial-medium"),
+    pytest.param("financial", "99999.99", None, [FM], id="financial-medium-upper-edge"),
+    pytest.param("financial", "100000", None, [FM, EB], id="financial-large-edge"),
+    pytest.param("financial", "2500000", None, [FM, EB], id="financial-large"),
+    pytest.param("non_financial", "0", None, ["project-managers"], id="non-financial"),
+    pytest.param("non_financial", "250000", None, ["project-managers"], id="non-financial-large-amount"),
+    pytest.param("financial", "50000", "low", [FM], id="other-risk-adds-nothing"),
+    pytest.param("financial", "5000", "high", ["finance", CM], id="high-risk-small"),
+    pytest.param("financial", "100000", "high", [FM, EB, CM], id="high-risk-large"),
+    pytest.param("non_financial", "0", "high", ["project-managers", CM], id="high-risk-non-financial"),
 ]
 
 
-@pytest.mark.parametrize(("milestone_type", "amount", "group"), ROUTES)
-def test_review_task_is_routed_by_the_decision_table(
-    deployment: Deployment, milestone_type: str, amount: str, group: str
+@pytest.mark.parametrize(("milestone_type", "amount", "risk", "chain"), ROUTES)
+def test_the_first_level_review_is_routed_by_the_decision_table(
+    deployment: Deployment, milestone_type: str, amount: str, risk: str | None, chain: list[str]
 ) -> None:
     services = Services()
     before = datetime.now(UTC)
     instance = Instance.start(
-        deployment, PROCESS, milestone(milestone_type=milestone_type, amount=Decimal(amount)), services
+        deployment, PROCESS, milestone(milestone_type=milestone_type, amount=Decimal(amount), risk=risk), services
     )
     after = datetime.now(UTC)
 
     assert not instance.is_completed
     assert instance.process_id == PROCESS
-    assert services.ops == [("set_milestone_status", {"status": "submitted"})]
-    assert instance.reached("determine_approval_route")
+    assert services.ops == [*SUBMITTED, OPEN]
+    assert instance.reached("determine_approval_route") and instance.reached("plan_approval")
+    # the COLLECT table hands the whole chain to plan_approval_levels, one list item per level
+    plan_data = services.calls[1].data
+    assert plan_data["approval_group"] == chain
+    assert plan_data["level"] == sorted(plan_data["level"]) and plan_data["level"][0] == 1
+    assert len(plan_data["level"]) == len(plan_data["quorum"]) == len(plan_data["on_decline"]) == len(chain)
 
     task = only_task(instance)
     assert task.bpmn_id == "review_milestone"
+    assert task.multi_instance
     assert task.name == "Review milestone"
     assert task.process_id == PROCESS
     assert task.lane == "Approvers"
-    assert task.candidate_groups == (group,)
+    assert task.candidate_groups == (chain[0],)
     assert task.candidate_users == ()
     assert task.documentation == "Approve or decline the submitted milestone."
     assert UUID(task.id)
@@ -228,22 +297,64 @@ def test_review_task_is_routed_by_the_decision_table(
     assert task.due_at == task.ready_at + timedelta(days=5)
 
 
+@pytest.mark.parametrize(("milestone_type", "amount", "risk", "chain"), ROUTES)
+def test_every_level_of_the_chain_is_reviewed_in_turn(
+    deployment: Deployment, milestone_type: str, amount: str, risk: str | None, chain: list[str]
+) -> None:
+    services = Services()
+    instance = Instance.start(
+        deployment, PROCESS, milestone(milestone_type=milestone_type, amount=Decimal(amount), risk=risk), services
+    )
+
+    assert approve_every_level(instance) == [(group,) for group in chain]
+    assert instance.is_completed and instance.reached("end_completed")
+    assert services.ops[:2] == SUBMITTED
+    assert services.ops[2:2 + 2 * len(chain)] == [OPEN, CLOSE] * len(chain)
+    assert services.statuses == ["submitted", "approved", "completed"]
+    assert ("release_funds" in services.operations) is (milestone_type == "financial")
+    assert instance.data()["level_result"]["next_level"] is None
+
+
+def test_a_milestone_no_rule_routes_gets_no_chain_and_stops_at_plan_approval(deployment: Deployment) -> None:
+    # No catch-all on purpose: the application refuses the empty chain in plan_approval_levels.
+    refused = ValueError("no approval route for milestone_type 'in_kind'")
+    services = Services(fail_on="plan_approval_levels", error=refused)
+    with pytest.raises(ExecutionError) as info:
+        Instance.start(deployment, PROCESS, milestone(milestone_type="in_kind", amount=Decimal("1")), services)
+
+    assert info.value.element_id == "plan_approval"
+    assert info.value.cause is refused
+    assert services.operations == ["set_milestone_status", "plan_approval_levels"]
+    assert not {"level", "approval_group", "quorum", "on_decline"} & set(services.calls[-1].data)
+
+
+def test_the_routing_table_needs_the_risk_input(deployment: Deployment) -> None:
+    start = milestone()
+    del start["risk"]
+    with pytest.raises(ExecutionError) as info:
+        Instance.start(deployment, PROCESS, start, Services())
+    assert info.value.element_id == "determine_approval_route"
+    assert "risk" in str(info.value)
+
+
 # --------------------------------------------------------------------------- approve / decline
 def test_financial_approval_sets_statuses_releases_funds_and_completes(deployment: Deployment) -> None:
     services = Services()
     instance = Instance.start(deployment, PROCESS, milestone(amount=Decimal("50000")), services)
     review = only_task(instance)
 
-    completed = instance.complete(review.id, {"decision": "approve", "comment": "fine"})
+    completed = instance.complete(review.id, APPROVE)
 
     assert completed.id == review.id and completed.bpmn_id == "review_milestone"
     assert services.ops == [
-        ("set_milestone_status", {"status": "submitted"}),
+        *SUBMITTED,
+        OPEN,
+        CLOSE,
         ("set_milestone_status", {"status": "approved"}),
         ("release_funds", {"milestone_id": 42, "amount": "50000", "currency": "EUR"}),
         ("set_milestone_status", {"status": "completed"}),
     ]
-    release = services.calls[2]
+    release = services.calls[5]
     assert release.bpmn_id == "release_funds_task"
     assert release.process_id == PROCESS
     assert UUID(release.task_id)
@@ -251,9 +362,67 @@ def test_financial_approval_sets_statuses_releases_funds_and_completes(deploymen
     assert instance.ready_human_tasks() == []
     assert instance.reached("end_completed") and not instance.reached("end_resubmitted")
     final = instance.data()
-    assert final["decision"] == "approve"
-    assert final["approval_group"] == "finance-managers"
+    assert final["decision"] == "approve" and final["level_outcome"] == "approved"
+    assert final["approval_group"] == ["finance-managers"]
+    assert final["level_plan"]["group"] == "finance-managers"
+    assert final["level_result"] == {"level": 1, "outcome": "approved", "approvals": 1, "declines": 0,
+                                     "next_level": None}
     assert final["release"] == {"ok": True, "operation": "release_funds"}
+
+
+def test_two_levels_are_approved_one_after_the_other_before_funds_are_released(deployment: Deployment) -> None:
+    services = Services(seats=(1, 2))
+    instance = Instance.start(deployment, PROCESS, milestone(amount=Decimal("120000")), services)
+    first = only_task(instance)
+    assert first.candidate_groups == ("finance-managers",)
+
+    instance.complete(first.id, APPROVE)
+
+    assert services.ops[2:] == [OPEN, CLOSE, OPEN]
+    assert services.statuses == ["submitted"]  # nothing is approved after the first level
+    second = instance.ready_human_tasks()
+    assert [t.candidate_groups for t in second] == [("executive-board",)] * 2
+    assert first.id not in {t.id for t in second} and all(t.multi_instance for t in second)
+    assert instance.data()["level_plan"]["level"] == 2
+
+    # level 1 ended with level_outcome "approved": level 2 still waits for a seat of its own
+    instance.complete(second[0].id, PENDING)
+    assert [t.id for t in instance.ready_human_tasks()] == [second[1].id]
+    assert services.operations.count("close_approval_level") == 1
+
+    instance.complete(second[1].id, APPROVE)
+
+    assert services.ops[2:] == [OPEN, CLOSE, OPEN, CLOSE, ("set_milestone_status", {"status": "approved"}),
+                                ("release_funds", {"milestone_id": 42, "amount": "120000", "currency": "EUR"}),
+                                ("set_milestone_status", {"status": "completed"})]
+    assert instance.is_completed and instance.reached("end_completed")
+    assert instance.visited().count("level_merge") == 2
+    assert instance.visited().count("review_milestone") == 2  # once per level, not once per seat
+    assert instance.data()["level_result"]["level"] == 2
+
+
+def test_a_quorum_level_waits_while_pending_and_cancels_the_remaining_seats(deployment: Deployment) -> None:
+    services = Services(seats=(3,))
+    instance = Instance.start(deployment, PROCESS, milestone(amount=Decimal("50000")), services)
+    seats = instance.ready_human_tasks()
+    assert [t.bpmn_id for t in seats] == ["review_milestone"] * 3 and len({t.id for t in seats}) == 3
+    assert all(t.multi_instance and t.candidate_groups == ("finance-managers",) for t in seats)
+
+    instance.complete(seats[0].id, PENDING)
+
+    assert sorted(t.id for t in instance.ready_human_tasks()) == sorted([seats[1].id, seats[2].id])
+    assert "close_approval_level" not in services.operations
+    assert not instance.reached("review_milestone")
+
+    instance.complete(seats[1].id, APPROVE)
+
+    assert instance.ready_human_tasks() == []
+    assert services.operations.count("close_approval_level") == 1
+    assert instance.is_completed and instance.reached("release_funds_task")
+    assert instance.data()["comment"] == APPROVE["comment"]  # the seat that completed the level
+    with pytest.raises(TaskNotReady) as info:
+        instance.complete(seats[2].id, APPROVE)
+    assert info.value.state == "CANCELLED"
 
 
 def test_non_financial_approval_never_releases_funds(deployment: Deployment) -> None:
@@ -261,7 +430,8 @@ def test_non_financial_approval_never_releases_funds(deployment: Deployment) -> 
     instance = Instance.start(
         deployment, PROCESS, milestone(milestone_type="non_financial", amount=Decimal("75000")), services
     )
-    instance.complete(only_task(instance).id, {"decision": "approve"})
+    assert only_task(instance).candidate_groups == ("project-managers",)
+    instance.complete(only_task(instance).id, APPROVE)
 
     assert services.statuses == ["submitted", "approved", "completed"]
     assert "release_funds" not in services.operations
@@ -269,19 +439,24 @@ def test_non_financial_approval_never_releases_funds(deployment: Deployment) -> 
     assert instance.is_completed and instance.reached("end_completed")
 
 
-def test_decline_goes_to_rework_for_the_submitter_then_requests_a_new_round(deployment: Deployment) -> None:
+def test_decline_goes_to_rework_for_the_rework_users_then_requests_a_new_round(deployment: Deployment) -> None:
     services = Services()
-    instance = Instance.start(deployment, PROCESS, milestone(submitted_by="alice", round=3), services)
-    instance.complete(only_task(instance).id, {"decision": "decline", "comment": "missing invoice"})
+    instance = Instance.start(
+        deployment, PROCESS, milestone(submitted_by="alice", rework_to=["cora", "alice"], round=3), services
+    )
+    instance.complete(only_task(instance).id, DECLINE)
 
     assert services.statuses == ["submitted", "declined"]
+    assert services.ops[1:4] == [("plan_approval_levels", {"round": 3}), ("open_approval_level", {"round": 3}),
+                                 ("close_approval_level", {"round": 3})]
     assert "release_funds" not in services.operations
     assert not instance.is_completed
 
     rework = only_task(instance)
     assert rework.bpmn_id == "rework_milestone"
+    assert not rework.multi_instance
     assert rework.lane == "Submitter"
-    assert rework.candidate_users == ("alice",)
+    assert rework.candidate_users == ("cora", "alice")
     assert rework.candidate_groups == ()  # explicit candidates: no fallback to the lane
     assert rework.due_at == rework.ready_at + timedelta(days=10)
 
@@ -294,10 +469,35 @@ def test_decline_goes_to_rework_for_the_submitter_then_requests_a_new_round(depl
     assert instance.reached("end_resubmitted") and not instance.reached("end_completed")
 
 
-def test_any_decision_other_than_approve_takes_the_default_decline_flow(deployment: Deployment) -> None:
+def test_a_decline_at_the_second_level_goes_to_rework_without_releasing_funds(deployment: Deployment) -> None:
+    services = Services()
+    instance = Instance.start(deployment, PROCESS, milestone(amount=Decimal("100000")), services)
+    instance.complete(only_task(instance).id, APPROVE)
+    second = only_task(instance)
+    assert second.candidate_groups == ("executive-board",)
+
+    instance.complete(second.id, DECLINE)
+
+    assert services.operations.count("close_approval_level") == 2
+    assert instance.data()["level_result"] == {"level": 2, "outcome": "declined", "approvals": 0, "declines": 1,
+                                               "next_level": None}
+    assert services.statuses == ["submitted", "declined"]
+    assert not instance.reached("mark_approved") and "release_funds" not in services.operations
+    assert only_task(instance).bpmn_id == "rework_milestone"
+
+
+@pytest.mark.parametrize("form", [
+    pytest.param({"decision": "approve", "level_outcome": "Approved"}, id="case-matters"),
+    pytest.param({"decision": "approve", "level_outcome": "declined"}, id="the-count-not-the-vote"),
+    pytest.param({"decision": "approve", "level_outcome": "expired"}, id="unknown-outcome"),
+])
+def test_any_level_outcome_other_than_approved_takes_the_default_decline_flow(
+    deployment: Deployment, form: dict[str, Any]
+) -> None:
     services = Services()
     instance = Instance.start(deployment, PROCESS, milestone(), services)
-    instance.complete(only_task(instance).id, {"decision": "Approve"})  # case matters
+    instance.complete(only_task(instance).id, form)
+    assert instance.data()["level_result"]["outcome"] == form["level_outcome"]
     assert services.statuses == ["submitted", "declined"]
     assert only_task(instance).bpmn_id == "rework_milestone"
 
@@ -305,17 +505,19 @@ def test_any_decision_other_than_approve_takes_the_default_decline_flow(deployme
 # --------------------------------------------------------------------------- state-only persistence
 
 def run_scenario(
-    deployment: Deployment, start: dict[str, Any], forms: list[dict[str, Any]], *, restore_each_step: bool
+    deployment: Deployment, start: dict[str, Any], forms: list[dict[str, Any]], seats: tuple[int, ...], *,
+    restore_each_step: bool,
 ) -> tuple[Services, Instance, list[tuple[Any, ...]]]:
-    services = Services()
+    services = Services(seats=seats)
     instance = Instance.start(deployment, PROCESS, start, services)
     seen: list[tuple[Any, ...]] = []
     for form in forms:
         if restore_each_step:
             instance = roundtrip(deployment, roundtrip(deployment, instance, services), services)
-        task = only_task(instance)
-        seen.append((task.bpmn_id, task.lane, task.candidate_groups, task.candidate_users,
-                     task.due_at - task.ready_at, instance.data()))
+        ready = instance.ready_human_tasks()
+        task = ready[0]
+        seen.append((len(ready), task.bpmn_id, task.multi_instance, task.lane, task.candidate_groups,
+                     task.candidate_users, task.due_at - task.ready_at, instance.data()))
         instance.complete(task.id, form)
         if restore_each_step:
             instance = roundtrip(deployment, instance, services)
@@ -323,40 +525,69 @@ def run_scenario(
 
 
 SCENARIOS = [
-    pytest.param(milestone(amount=Decimal("120000.50")), [{"decision": "approve"}], id="financial-approve"),
-    pytest.param(milestone(milestone_type="non_financial"), [{"decision": "approve"}], id="non-financial-approve"),
-    pytest.param(milestone(), [{"decision": "decline", "comment": "no"}, {"comment": "redone"}], id="decline"),
+    pytest.param(milestone(amount=Decimal("120000.50")), [APPROVE, APPROVE], (1,), id="two-levels-approve"),
+    pytest.param(milestone(amount=Decimal("50000")), [PENDING, APPROVE], (3,), id="quorum-approve"),
+    pytest.param(milestone(milestone_type="non_financial"), [APPROVE], (1,), id="non-financial-approve"),
+    pytest.param(milestone(), [DECLINE, {"comment": "redone"}], (1,), id="decline"),
+    pytest.param(milestone(amount=Decimal("100000")), [APPROVE, PENDING, DECLINE, {"comment": "redone"}], (1, 2),
+                 id="second-level-decline"),
 ]
 
 
-@pytest.mark.parametrize(("start", "forms"), SCENARIOS)
+@pytest.mark.parametrize(("start", "forms", "seats"), SCENARIOS)
 def test_restoring_between_every_step_gives_the_same_outcome(
-    deployment: Deployment, start: dict[str, Any], forms: list[dict[str, Any]]
+    deployment: Deployment, start: dict[str, Any], forms: list[dict[str, Any]], seats: tuple[int, ...]
 ) -> None:
-    plain_services, plain, plain_seen = run_scenario(deployment, start, forms, restore_each_step=False)
-    saved_services, saved, saved_seen = run_scenario(deployment, start, forms, restore_each_step=True)
+    plain_services, plain, plain_seen = run_scenario(deployment, start, forms, seats, restore_each_step=False)
+    saved_services, saved, saved_seen = run_scenario(deployment, start, forms, seats, restore_each_step=True)
 
     assert plain.is_completed and saved.is_completed
     assert saved_services.ops == plain_services.ops
     assert saved_seen == plain_seen
     assert saved.data() == plain.data()
+    assert saved.visited() == plain.visited()
     for end in ("end_completed", "end_resubmitted", "release_funds_task"):
         assert saved.reached(end) == plain.reached(end)
 
 
-def test_restored_ready_task_is_identical(deployment: Deployment) -> None:
-    services = Services()
+def test_restored_ready_seats_are_identical(deployment: Deployment) -> None:
+    services = Services(seats=(3,))
     instance = Instance.start(deployment, PROCESS, milestone(), services)
     restored = roundtrip(deployment, instance, services)
-    assert restored.ready_human_tasks() == instance.ready_human_tasks()
+    live, back = instance.ready_human_tasks(), restored.ready_human_tasks()
+    assert len(live) == 3
+
+    # The stored state keeps each task's last state change to the millisecond: everything else is equal.
+    def timeless(task: HumanTask) -> HumanTask:
+        return replace(task, ready_at=EPOCH, due_at=None)
+
+    assert [timeless(t) for t in back] == [timeless(t) for t in live]
+    for before, after in zip(live, back, strict=True):
+        assert abs(after.ready_at - before.ready_at) <= timedelta(milliseconds=1)
+        assert after.due_at is not None and before.due_at is not None
+        assert after.due_at - after.ready_at == before.due_at - before.ready_at
+    assert roundtrip(deployment, restored, services).ready_human_tasks() == back  # and exactly stable from then on
     assert restored.process_id == PROCESS
-    assert len(services.calls) == 1  # restoring runs nothing
+    assert services.ops == [*SUBMITTED, OPEN]  # restoring runs nothing
+
+
+def test_a_review_seat_restored_on_a_freshly_parsed_deployment_completes_the_level() -> None:
+    services = Services()
+    opened = Instance.start(Deployment.from_directories(BPMN_DIR, DMN_DIR), PROCESS, milestone(), services)
+    fresh = Deployment.from_directories(BPMN_DIR, DMN_DIR)  # the same files, parsed by another worker
+    assert fresh.hash == opened.deployment.hash
+    restored = Instance.restore(fresh, opened.dump(), SERIALIZER_VERSION, services)
+
+    restored.complete(only_task(restored).id, APPROVE)
+
+    assert "close_approval_level" in services.operations
+    assert restored.is_completed
 
 
 def test_completed_dump_is_small_gzipped_state_only(deployment: Deployment) -> None:
     services = Services()
     instance = Instance.start(deployment, PROCESS, milestone(), services)
-    instance.complete(only_task(instance).id, {"decision": "approve"})
+    instance.complete(only_task(instance).id, APPROVE)
     assert instance.is_completed
 
     blob = instance.dump()
@@ -375,7 +606,7 @@ def test_decimal_amounts_survive_a_round_trip_as_decimal(deployment: Deployment)
     instance = roundtrip(deployment, Instance.start(deployment, PROCESS, milestone(amount=amount), services), services)
     review = only_task(instance)
     assert review.candidate_groups == ("finance-managers",)  # compared as a number, not a string
-    instance.complete(review.id, {"decision": "approve"})
+    instance.complete(review.id, APPROVE)
     instance = roundtrip(deployment, instance, services)
 
     assert instance.is_completed
@@ -414,7 +645,7 @@ def test_unknown_or_malformed_task_ids_are_not_found(deployment: Deployment) -> 
     instance = Instance.start(deployment, PROCESS, milestone(), Services())
     for bad in (str(uuid4()), "not-a-uuid", "", "review_milestone"):
         with pytest.raises(TaskNotFound):
-            instance.complete(bad, {"decision": "approve"})
+            instance.complete(bad, APPROVE)
     assert only_task(instance).bpmn_id == "review_milestone"
 
 
@@ -422,18 +653,18 @@ def test_a_task_of_another_instance_is_not_found(deployment: Deployment) -> None
     first = Instance.start(deployment, PROCESS, milestone(), Services())
     second = Instance.start(deployment, PROCESS, milestone(), Services())
     with pytest.raises(TaskNotFound):
-        second.complete(only_task(first).id, {"decision": "approve"})
+        second.complete(only_task(first).id, APPROVE)
 
 
 def test_completing_a_completed_task_is_not_ready(deployment: Deployment) -> None:
     services = Services()
     instance = Instance.start(deployment, PROCESS, milestone(), services)
     review = only_task(instance)
-    instance.complete(review.id, {"decision": "decline", "comment": "no"})
+    instance.complete(review.id, DECLINE)
     calls_before = list(services.ops)
 
     with pytest.raises(TaskNotReady) as info:
-        instance.complete(review.id, {"decision": "approve"})
+        instance.complete(review.id, APPROVE)
 
     assert info.value.task_id == review.id
     assert info.value.state == "COMPLETED"
@@ -442,9 +673,9 @@ def test_completing_a_completed_task_is_not_ready(deployment: Deployment) -> Non
 
 
 @pytest.mark.parametrize("form", [
-    pytest.param({"decision": "approve", "_approval_group": "executive-board"}, id="underscore-key"),
-    pytest.param({"decision": "approve", "__builtins__": {}}, id="dunder-key"),
-    pytest.param({"decision": "approve", 7: "x"}, id="non-string-key"),
+    pytest.param({**APPROVE, "_approval_group": "executive-board"}, id="underscore-key"),
+    pytest.param({**APPROVE, "__builtins__": {}}, id="dunder-key"),
+    pytest.param({**APPROVE, 7: "x"}, id="non-string-key"),
 ])
 def test_reserved_keys_are_refused_and_nothing_changes(deployment: Deployment, form: dict[Any, Any]) -> None:
     services = Services()
@@ -459,7 +690,7 @@ def test_reserved_keys_are_refused_and_nothing_changes(deployment: Deployment, f
     assert state_json(instance) == state_before
     assert services.statuses == ["submitted"]
     # the task can still be completed properly afterwards
-    instance.complete(review.id, {"decision": "approve"})
+    instance.complete(review.id, APPROVE)
     assert instance.is_completed
     assert "_approval_group" not in instance.data()
 
@@ -503,7 +734,7 @@ def test_service_handler_error_keeps_the_original_exception_as_cause(deployment:
     instance = Instance.start(deployment, PROCESS, milestone(), services)
 
     with pytest.raises(ExecutionError) as info:
-        instance.complete(only_task(instance).id, {"decision": "approve"})
+        instance.complete(only_task(instance).id, APPROVE)
 
     error = info.value
     assert error.cause is boom

@@ -334,9 +334,15 @@ def test_a_catch_all_before_other_rules_of_a_unique_table_hides_them() -> None:
     find(validate_bundle({"r.dmn": table}), "r1", "rules 'r_any' and 'r1' both match")
 
 
-def test_the_repository_decision_table_is_first_hit_with_a_catch_all() -> None:
-    problems = validate_bundle({"approval_routing.dmn": (ROOT / "dmn" / "approval_routing.dmn").read_bytes()})
+def test_the_repository_routing_table_collects_levels_and_needs_no_catch_all() -> None:
+    table = (ROOT / "dmn" / "approval_routing.dmn").read_bytes()
+    assert table.count(b'hitPolicy="COLLECT"') == 1
+    problems = validate_bundle({"approval_routing.dmn": table})
     assert [p for p in problems if "catch-all" in p.message or "both match" in p.message] == []
+    # No match must give no chain (the submission is refused), so the table has no catch-all on purpose:
+    # the very same rules under a single-hit policy are reported.
+    single_hit = validate_bundle({"approval_routing.dmn": table.replace(b'hitPolicy="COLLECT"', b'hitPolicy="FIRST"')})
+    find(single_hit, "approval_routing", "the FIRST decision table has no catch-all rule")
 
 
 # --------------------------------------------------------------------------- loops
