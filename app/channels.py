@@ -133,6 +133,22 @@ def email_message(message: OutgoingMessage, mail_from: str) -> EmailMessage:
     return mail
 
 
+class PaymentLog:
+    """The embedded default for payment instructions (no MILESTONES_PAYMENT_URL): one JSON line each in
+    <instance>/payments.log, keyed by the instruction's idempotency key."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def send(self, message: OutgoingMessage) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"id": message.key, "event": message.event, "data": message.facts}, sort_keys=True,
+                          default=str)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        log.info("payment instruction %s: %s", message.key, line)
+
+
 def build_transports(settings: NotificationSettings, instance_dir: Path) -> dict[str, Transport]:
     email: Transport = SmtpTransport(settings) if settings.smtp_host else \
         LogMailer(instance_dir / "mail.log", settings.mail_from)
@@ -141,4 +157,10 @@ def build_transports(settings: NotificationSettings, instance_dir: Path) -> dict
         if not settings.webhook_secret:
             log.warning("MILESTONES_WEBHOOK_URL is set without MILESTONES_WEBHOOK_SECRET: webhooks are not signed")
         transports["webhook"] = WebhookTransport(settings.webhook_secret, settings.webhook_timeout)
+    if settings.payment_url:
+        if not settings.payment_secret:
+            log.warning("MILESTONES_PAYMENT_URL is set without MILESTONES_PAYMENT_SECRET: instructions are not signed")
+        transports["payment"] = WebhookTransport(settings.payment_secret, settings.webhook_timeout)
+    else:
+        transports["payment"] = PaymentLog(instance_dir / "payments.log")
     return transports

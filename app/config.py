@@ -76,6 +76,10 @@ class NotificationSettings:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_timeout: float = 10.0
+    # Payment instructions (app.services.ledger): POSTed, HMAC-signed, to this endpoint until it answers
+    # 2xx; None: written to <instance>/payments.log (the embedded default).
+    payment_url: str | None = None
+    payment_secret: str | None = None
     max_attempts: int = 5
     backoff_seconds: float = 30.0  # attempt n waits backoff * 2**(n-1)
     lease_seconds: float = 120.0  # longer than one send can take (SMTP and webhook timeouts)
@@ -100,6 +104,8 @@ class NotificationSettings:
             webhook_url=env.get("MILESTONES_WEBHOOK_URL") or None,
             webhook_secret=env.get("MILESTONES_WEBHOOK_SECRET") or None,
             webhook_timeout=number("MILESTONES_WEBHOOK_TIMEOUT", 10.0),
+            payment_url=env.get("MILESTONES_PAYMENT_URL") or None,
+            payment_secret=env.get("MILESTONES_PAYMENT_SECRET") or None,
             max_attempts=int(env.get("MILESTONES_DELIVERY_ATTEMPTS") or 5),
             backoff_seconds=number("MILESTONES_DELIVERY_BACKOFF", 30.0),
             lease_seconds=number("MILESTONES_DELIVERY_LEASE", 120.0),

@@ -571,6 +571,7 @@ def run_engine(lifecycles: int, warmup: int, rounds: int = 0, milestones: int = 
             "rework_to": [SUBMITTER],
             "round": round_,
             "days_to_due": 9999,  # no due date
+            "retention_of": None,
         }
         inst = Instance.start(deployment, "milestone_approval", data, handler)
         blob = inst.dump()

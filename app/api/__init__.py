@@ -9,6 +9,7 @@ from .auth import register_auth
 from .context import register_request_context
 from .health import health_blp
 from .idempotency import register_idempotency
+from .ledger import BLUEPRINTS as LEDGER_BLUEPRINTS
 from .notifications import BLUEPRINTS as NOTIFICATION_BLUEPRINTS
 from .problems import register_error_handlers
 from .resources import BLUEPRINTS
@@ -43,7 +44,7 @@ def register_api(app: Flask) -> Api:
     register_auth(app)
     register_idempotency(app)
     api = ProblemApi(app)
-    for blp in (*BLUEPRINTS, *NOTIFICATION_BLUEPRINTS, *ROUTING_BLUEPRINTS):
+    for blp in (*BLUEPRINTS, *NOTIFICATION_BLUEPRINTS, *ROUTING_BLUEPRINTS, *LEDGER_BLUEPRINTS):
         api.register_blueprint(blp)
     app.register_blueprint(health_blp)
     _serve_swagger_assets(app)

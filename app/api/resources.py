@@ -10,7 +10,7 @@ from flask import Response, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ..services import approvals, milestones, overview, records, transactions
+from ..services import approvals, ledger, milestones, overview, records, transactions
 from .auth import current_user
 from .context import command_uow, deployments, read_uow
 from .objectives import evidence_blp, objectives_blp
@@ -253,6 +253,7 @@ class MilestoneById(MethodView):
             detail.decisions = view.decisions
             detail.history = view.history
             detail.release = view.release
+            detail.money = ledger.milestone_money(uow, view.milestone)
             return detail
 
 

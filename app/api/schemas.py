@@ -126,6 +126,17 @@ class MilestoneFields(Strict):
                              values=fields.Raw(validate=lambda v: v is None or isinstance(v, (str, int, float, bool))
                                                and (not isinstance(v, str) or len(v) <= 500)),
                              load_default=dict, validate=validate.Length(max=50))
+    # Money (see "The money model" in the README)
+    release_percentage = fields.Decimal(places=4, as_string=True, allow_nan=False, load_default=None,
+                                        allow_none=True, validate=validate.Range(min=0, max=100, min_inclusive=False),
+                                        metadata={"description": "share of each linked transaction the approval "
+                                                                 "releases (default 100)"})
+    retainage_percentage = fields.Decimal(places=4, as_string=True, allow_nan=False, load_default=None,
+                                          allow_none=True, validate=validate.Range(min=0, max=100, max_inclusive=False),
+                                          metadata={"description": "share of each release kept back as retainage"})
+    retention_of_id = fields.Integer(load_default=None, allow_none=True, strict=True,
+                                     metadata={"description": "a milestone of the same contract whose retention "
+                                                              "this one's approval releases (e.g. a warranty)"})
 
 
 class MilestoneIn(MilestoneFields):
@@ -146,6 +157,9 @@ class MilestoneOut(Schema):
     external_refs = fields.List(fields.Dict())
     primary_contact_id = fields.Integer(allow_none=True)
     attributes = fields.Dict()
+    release_percentage = fields.Decimal(as_string=True, allow_none=True)
+    retainage_percentage = fields.Decimal(as_string=True, allow_none=True)
+    retention_of_id = fields.Integer(allow_none=True)
     status = fields.String()
     published = fields.Boolean()
     published_at = fields.DateTime(allow_none=True)
@@ -327,8 +341,19 @@ class ReleaseOut(Schema):
     released_at = fields.DateTime()
 
 
+class MoneyOut(Schema):
+    currency = fields.String(allow_none=True)
+    linked = fields.Decimal(places=2, as_string=True)
+    held = fields.Decimal(places=2, as_string=True)
+    released = fields.Decimal(places=2, as_string=True)
+    retained = fields.Decimal(places=2, as_string=True)
+    reversed = fields.Decimal(places=2, as_string=True)
+    cancelled = fields.Decimal(places=2, as_string=True)
+
+
 class MilestoneDetail(MilestoneOut):
     allowed_actions = fields.List(fields.String())
+    money = fields.Nested(MoneyOut, metadata={"description": "the ledger's balances for this milestone"})
     open_tasks = fields.List(fields.Nested(TaskOut))
     decisions = fields.List(fields.Nested(TaskOut))
     history = fields.List(fields.Nested(AuditOut))

@@ -197,6 +197,11 @@ class Milestone(Base):
     primary_contact_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
     # Custom fields (e.g. {"risk": "high"}): inputs of the routing table like every other field.
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Money (app.services.ledger): the share of each linked transaction its approval releases (None: all),
+    # the share of that kept back as retainage, and the milestone whose retention its approval releases.
+    release_percentage: Mapped[Decimal | None] = mapped_column(Numeric(7, 4))
+    retainage_percentage: Mapped[Decimal | None] = mapped_column(Numeric(7, 4))
+    retention_of_id: Mapped[int | None] = mapped_column(ForeignKey("milestones.id"))
     # Written only by the lifecycle workflow's publish/unpublish steps.
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     published_at: Mapped[datetime | None] = mapped_column()
@@ -235,7 +240,8 @@ class ContractTransaction(Base):
 
 
 class FundRelease(Base):
-    """The record the workflow's "release funds" step writes; one per milestone, ever."""
+    """The record of the workflow's "release funds" step: one per milestone, ever. What it moved is in
+    the ledger (`app.models.ledger.LedgerEntry`); `amount` is the total it released."""
 
     __tablename__ = "fund_releases"
 
@@ -408,6 +414,7 @@ class IdempotencyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+from .ledger import LedgerEntry  # noqa: E402,F401  (one metadata)
 from .notifications import (  # noqa: E402,F401  (one metadata)
     Delivery,
     Notification,

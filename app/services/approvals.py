@@ -636,6 +636,7 @@ def _start_round(uow: UnitOfWork, cache: DeploymentCache, milestone: Milestone,
         "rework_to": _rework_to(uow, milestone, submitter),
         "round": milestone.round,
         "days_to_due": days_to_due(milestone),  # an input of the reminder policy
+        "retention_of": milestone.retention_of_id,  # its approval releases that milestone's retention
     }
     audit.record(uow, "milestone.submitted", "milestone", milestone.id,
                  after={"round": milestone.round, "by": submitter.username})

@@ -40,6 +40,8 @@ from ..uow import UnitOfWork
 from .notifications import channels_for
 
 log = logging.getLogger(__name__)
+PAYMENT = "payment"
+MAX_PAYMENT_WAIT = 3600.0
 
 
 def idempotency_key(outbox_id: int, channel: str, recipient: str) -> str:
@@ -126,7 +128,14 @@ def dispatch_outbox(session_factory: sessionmaker[Session], settings: Notificati
                                            body=str(payload.get("body", "")), milestone_id=message.milestone_id))
             if "email" in recipient.channels and recipient.email:
                 add("email", recipient.email.strip().lower(), recipient.user)
-        if settings.webhook_url:
+        if (message.recipients or {}).get("payment"):
+            # A payment instruction goes to the payment endpoint only, with the ledger entry's own key:
+            # the receiver applies each key once, however often it is delivered.
+            delivery = add("payment", settings.payment_url or "log:payments.log", None)
+            facts = payload.get("facts") or {}
+            if delivery is not None and facts.get("payment_key"):
+                delivery.idempotency_key = str(facts["payment_key"])
+        elif settings.webhook_url:
             add("webhook", settings.webhook_url, None)
         message.status = "dispatched"
         message.dispatched_at = now
@@ -195,14 +204,17 @@ def deliver(session_factory: sessionmaker[Session], settings: NotificationSettin
             outcome = "delivered"
         else:
             delivery.last_error = error
-            if attempt >= settings.max_attempts:
+            if attempt >= settings.max_attempts and delivery.channel != PAYMENT:
                 delivery.status = "dead"
                 outcome = "dead"
                 log.error("delivery %s (%s to %s) is dead after %s attempts: %s", delivery.id, delivery.channel,
                           delivery.recipient, attempt, error)
             else:
                 delivery.status = "pending"
-                delivery.next_attempt_at = now + timedelta(seconds=settings.backoff_seconds * 2 ** (attempt - 1))
+                # A payment instruction never dies: it is retried until acknowledged, at most hourly.
+                wait = settings.backoff_seconds * 2 ** min(attempt - 1, 20)
+                delivery.next_attempt_at = now + timedelta(seconds=min(wait, MAX_PAYMENT_WAIT)
+                                                           if delivery.channel == PAYMENT else wait)
                 outcome = "retry"
                 log.warning("delivery %s attempt %s failed, next at %s: %s", delivery.id, attempt,
                             delivery.next_attempt_at.isoformat(), error)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from ..models import Account, Group, User
 from ..uow import UnitOfWork
-from . import identity, milestones, records
+from . import identity, milestones, records, transactions
 from .runtime import DeploymentCache
 
 DEMO_USERS = {
@@ -48,10 +48,18 @@ def load_demo(uow: UnitOfWork, cache: DeploymentCache) -> dict[str, str]:
             ("M2", "non_financial", None, "Site safety plan signed off", 5),
             ("M3", "financial", Decimal("5000.00"), "Permit fees reimbursed", 30),
         ]
+        # The money the milestones hold until approved: M1's two invoices (5 % retainage kept at release),
+        # M3's one (GET /contracts/1/ledger, or its .csv, to reconcile by hand).
+        invoices = {"M1": [("INV-101", Decimal("30000.00")), ("INV-102", Decimal("20000.00"))],
+                    "M3": [("INV-103", Decimal("5000.00"))]}
         for code, type_, amount, description, days in specs:
             milestone = milestones.create_milestone(uow, cache, contract.id, code, type_, amount=amount,
                                                     description=description, due_date=today + timedelta(days=days),
-                                                    primary_contact_id=contact.id)
+                                                    primary_contact_id=contact.id,
+                                                    retainage_percentage=Decimal("5") if code == "M1" else None)
+            for ref, value in invoices.get(code, []):
+                transactions.record_transaction(uow, contract.id, kind="invoice", amount=value, currency="EUR",
+                                                occurred_on=today, external_ref=ref, milestone_id=milestone.id)
             milestones.transition(uow, cache, alice, milestone.id, "activate")
         uow.actor_id = None
     tokens = {name: identity.issue_token(uow, identity.get_user(uow, name), name="demo") for name in DEMO_USERS}

@@ -42,7 +42,9 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
                      percentage: Decimal | None = None, description: str = "", due_date: date | None = None,
                      external_refs: list[dict[str, str]] | None = None,
                      primary_contact_id: int | None = None,
-                     attributes: dict[str, Any] | None = None) -> Milestone:
+                     attributes: dict[str, Any] | None = None, release_percentage: Decimal | None = None,
+                     retainage_percentage: Decimal | None = None,
+                     retention_of_id: int | None = None) -> Milestone:
     """Create a draft milestone on a contract and start its lifecycle workflow.
 
     Raises ValidationFailed (field errors), NotFound (contract), Conflict (duplicate code, or the
@@ -70,6 +72,14 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
         contact = uow.s.get(Contact, primary_contact_id)
         if contact is None or contact.account_id != contract.account_id:
             errors["primary_contact_id"] = [f"no contact {primary_contact_id} on the contract's account"]
+    if retention_of_id is not None:
+        original = uow.s.get(Milestone, retention_of_id)
+        if original is None or original.contract_id != contract.id:
+            errors["retention_of_id"] = [f"no milestone {retention_of_id} on this contract"]
+        elif not original.retainage_percentage:
+            errors["retention_of_id"] = [f"milestone {original.code} keeps no retainage"]
+    if type == "non_financial" and (release_percentage is not None or retainage_percentage is not None):
+        errors.setdefault("retainage_percentage", ["a non-financial milestone releases no money of its own"])
     seen: set[tuple[str, str]] = set()
     for ref in external_refs or []:
         key = (ref["system"], ref["reference"])
@@ -97,7 +107,8 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
         contract_id=contract.id, account_id=contract.account_id, code=code, description=description, type=type,
         amount=amount, percentage=percentage, currency=currency, due_date=due_date,
         external_refs=list(external_refs or []), primary_contact_id=primary_contact_id,
-        attributes=dict(attributes or {}), created_by_id=uow.actor_id,
+        attributes=dict(attributes or {}), release_percentage=release_percentage,
+        retainage_percentage=retainage_percentage, retention_of_id=retention_of_id, created_by_id=uow.actor_id,
     )
     uow.s.add(milestone)
     uow.flush()

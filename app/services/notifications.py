@@ -31,6 +31,8 @@ EVENTS: dict[str, tuple[str, str]] = {
                            "The review of milestone {code} ({amount}) is past its due date; it is now yours too."),
     "approval.declined": ("Declined: milestone {code} needs rework",
                           "Milestone {code} ({amount}) was declined. Address the reasons below, then resubmit it."),
+    "payment.instruction": ("Payment instruction for milestone {code}",
+                            "An approved milestone moved money: the instruction below, keyed by its idempotency key."),
     "contact.tasks_assigned": ("Milestone {code} is active: your to-dos",
                                "Answer the objective questions, upload the evidence and submit milestone {code}"
                                "{due_note}."),

@@ -38,7 +38,7 @@ from ..models import (
     utcnow,
 )
 from ..uow import UnitOfWork, as_conflict
-from . import audit, routing
+from . import audit, ledger, routing
 from .routing import APPROVAL_PROCESS
 
 LIFECYCLE_PROCESS = "milestone_lifecycle"
@@ -200,35 +200,39 @@ class MilestoneServices:
         return {"status": status, "previous": before}
 
     def op_release_funds(self, call: ServiceCall) -> dict[str, Any]:
+        """The approval diagram's release step: moves what the ledger holds for this milestone (and
+        the retention it releases) exactly once, with a payment instruction per movement in this same
+        transaction. Run again (a retried job, a restarted worker), it moves nothing and answers the same."""
         milestone = self.require_milestone()
         if int(call.params.get("milestone_id", -1)) != milestone.id:
             raise ValueError("release_funds was called for another milestone")
-        amount = Decimal(str(call.params.get("amount")))
-        currency = str(call.params.get("currency"))
-        if milestone.amount is None or amount != milestone.amount or currency != milestone.currency:
-            raise ValueError(f"release of {amount} {currency} does not match the milestone "
-                             f"({milestone.amount} {milestone.currency})")
-        # One statement: the unique keys (one release per milestone, one per task) decide, so two
-        # concurrent completions cannot both release, and no SELECT runs first. The pending ORM
-        # changes (the milestone's status) need not be flushed for it: they flush with the save.
+        currency = str(call.params.get("currency") or milestone.currency)
+        if currency != milestone.currency:
+            raise ValueError(f"release in {currency} for a milestone in {milestone.currency}")
+        step = f"{call.bpmn_id}:{call.task_id}"
+        result = ledger.release_for_milestone(self.uow, milestone, step=step, instance_id=self.instance_row_id(),
+                                              round=milestone.round)
+        released = sum((e.amount for e in result.released + result.retention_released), Decimal("0"))
+        # One header row per milestone, ever (unique keys on the milestone and the task): the step's record.
         dialect = self.uow.s.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         values = dict(milestone_id=milestone.id, instance_id=self.instance_row_id(), task_id=call.task_id,
-                      amount=amount, currency=currency, round=milestone.round, released_at=utcnow())
+                      amount=released, currency=currency, round=milestone.round, released_at=utcnow())
         release_id = self.uow.s.execute(
             insert(FundRelease).values(**values).on_conflict_do_nothing().returning(FundRelease.id),
             execution_options={"autoflush": False},
         ).scalar()
         if release_id is None:
             existing = self.uow.s.scalar(select(FundRelease).where(FundRelease.milestone_id == milestone.id))
-            if existing is not None and existing.task_id == call.task_id:
-                # the same step run again: same answer, no new money
-                return {"release_id": existing.id, "amount": str(existing.amount), "currency": existing.currency}
-            which = f"release {existing.id}" if existing is not None else f"by task {call.task_id}"
-            raise Conflict(f"funds of milestone {milestone.id} were already released ({which})")
-        audit.record(self.uow, "funds.released", "milestone", milestone.id,
-                     after={"release_id": release_id, "amount": amount, "currency": currency, "task_id": call.task_id})
-        return {"release_id": release_id, "amount": str(amount), "currency": currency}
+            if existing is None or existing.task_id != call.task_id:
+                which = f"release {existing.id}" if existing is not None else f"by task {call.task_id}"
+                raise Conflict(f"funds of milestone {milestone.id} were already released ({which})")
+            release_id = existing.id
+        else:
+            audit.record(self.uow, "funds.released", "milestone", milestone.id, round=milestone.round,
+                         after={"release_id": release_id, "amount": released, "currency": currency, "step": step,
+                                **result.as_dict()})
+        return {"release_id": release_id, "amount": str(released), "currency": currency, **result.as_dict()}
 
     def op_start_next_round(self, call: ServiceCall) -> dict[str, Any]:
         self.next_round_requested = True

@@ -11,7 +11,7 @@ from ..errors import Conflict, NotFound, ValidationFailed
 from ..models import Contract, ContractTransaction, Milestone
 from ..models.objectives import Objective
 from ..uow import UnitOfWork
-from . import audit
+from . import audit, ledger
 from .records import Page, paginate
 
 KINDS = ("payment", "invoice", "retainage", "credit_note", "adjustment")
@@ -65,6 +65,8 @@ def unlink_transaction(uow: UnitOfWork, transaction_id: int) -> ContractTransact
         raise Conflict(f"milestone {milestone.code} is {milestone.status}; its transactions can no longer change",
                        current_state=milestone.status)
     before = {"milestone_id": transaction.milestone_id, "objective_id": transaction.objective_id}
+    if milestone is not None:
+        ledger.cancel_hold(uow, transaction, milestone)  # the held money is cancelled, never deleted
     transaction.milestone_id = None
     transaction.objective_id = None
     audit.record(uow, "transaction.unlinked", "transaction", transaction.id, before=before)
@@ -90,6 +92,25 @@ def _link(uow: UnitOfWork, transaction: ContractTransaction, milestone_id: int, 
     if milestone.status not in LINKABLE_STATUSES:
         raise Conflict(f"milestone {milestone.code} is {milestone.status}; transactions can no longer be linked",
                        current_state=milestone.status)
+    if transaction.milestone_id == milestone.id and transaction.objective_id == objective_id:
+        return  # linked so already: nothing moves
+    # Its money moves with it: what it held for another milestone (or objective) is cancelled first.
+    if transaction.milestone_id is not None:
+        previous = uow.s.get(Milestone, transaction.milestone_id)
+        if previous is not None:
+            if previous.status not in LINKABLE_STATUSES:
+                raise Conflict(f"transaction {transaction.id} belongs to milestone {previous.code}, which is "
+                               f"{previous.status}", current_state=previous.status)
+            ledger.cancel_hold(uow, transaction, previous)
+    if milestone.amount is not None:
+        linked = ledger.milestone_money(uow, milestone)["linked"]
+        if linked + transaction.amount > milestone.amount:
+            raise Conflict(
+                f"linking {transaction.amount} {milestone.currency} would link {linked + transaction.amount} "
+                f"{milestone.currency} to milestone {milestone.code}, more than its amount {milestone.amount} "
+                f"{milestone.currency}: releases could exceed it", linked=str(linked),
+                amount=str(milestone.amount), requested=str(transaction.amount),
+                excess=str(linked + transaction.amount - milestone.amount))
     before = {"milestone_id": transaction.milestone_id, "objective_id": transaction.objective_id}
     transaction.milestone_id = milestone.id
     transaction.objective_id = objective_id
@@ -97,6 +118,7 @@ def _link(uow: UnitOfWork, transaction: ContractTransaction, milestone_id: int, 
                  after={"milestone_id": milestone.id, "objective_id": objective_id})
     audit.record(uow, "transaction.linked", "milestone", milestone.id,
                  after={"transaction_id": transaction.id, "amount": transaction.amount, "objective_id": objective_id})
+    ledger.hold(uow, transaction, milestone)
 
 
 def get_transaction(uow: UnitOfWork, transaction_id: int) -> ContractTransaction:

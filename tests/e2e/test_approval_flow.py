@@ -26,6 +26,12 @@ def test_financial_milestone_is_routed_approved_and_funds_released_once(app, peo
     alice, bob, carol, dave = people["alice"], people["bob"], people["carol"], people["dave"]
     milestone = new_milestone(amount="50000.00")
     assert milestone["status"] == "active"
+    invoice = alice.post(f"/contracts/{milestone['contract_id']}/transactions",
+                         {"kind": "invoice", "amount": "50000.00", "currency": "EUR", "occurred_on": "2026-11-30",
+                          "milestone_id": milestone["id"]})
+    assert invoice.status_code == 201, invoice.get_json()
+    money = alice.get(f"/milestones/{milestone['id']}").get_json()["money"]
+    assert (money["linked"], money["held"], money["released"]) == ("50000.00", "50000.00", "0.00")
 
     submission = _submit(alice, milestone["id"])
     assert submission["milestone"]["status"] == "submitted"
@@ -54,6 +60,7 @@ def test_financial_milestone_is_routed_approved_and_funds_released_once(app, peo
     assert detail["status"] == "completed"
     assert detail["open_tasks"] == []
     assert detail["release"]["amount"] == "50000.00" and detail["release"]["currency"] == "EUR"
+    assert (detail["money"]["held"], detail["money"]["released"]) == ("0.00", "50000.00")
     assert [d["decision"] for d in detail["decisions"]] == ["approve"]
     statuses = [h["after"]["status"] for h in detail["history"] if h["action"] == "milestone.status_changed"]
     assert statuses == ["draft", "active", "submitted", "approved", "completed"]

@@ -57,6 +57,8 @@ def test_contract_manager_builds_submits_and_finds_everything(people):
                                data={"file": (io.BytesIO(PNG), "piles.png")}, content_type="multipart/form-data")
     assert upload.status_code == 201, upload.get_json()
 
+    # the invoice is tied to the objective: its money is released only once the objective is met
+    assert _ok(alice.post(f"/objectives/{objective['id']}/met", {"met": True}))["met"] is True
     [review] = _ok(alice.post(f"/milestones/{piling['id']}/submission"), 201)["open_tasks"]
     [survey_review] = _ok(alice.post(f"/milestones/{survey['id']}/submission"), 201)["open_tasks"]
     # 80 000: one level of finance managers; non-financial: one of project managers
@@ -67,6 +69,7 @@ def test_contract_manager_builds_submits_and_finds_everything(people):
 
     detail = _ok(alice.get(f"/milestones/{piling['id']}"))
     assert detail["status"] == "completed" and detail["release"]["amount"] == "80000.00"
+    assert (detail["money"]["released"], detail["money"]["held"]) == ("80000.00", "0.00")
     assert detail["published"] is True and detail["external_refs"] == [{"system": "SAP", "reference": "PO-4711"}]
 
     overview = _ok(alice.get("/milestones", query_string={"contract_id": contract["id"], "sort": "due_date"}))

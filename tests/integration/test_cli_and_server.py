@@ -35,7 +35,7 @@ def test_db_upgrade_users_create_and_the_token_works(app, cli_env):
     runner = CliRunner()
     upgraded = runner.invoke(main, ["db", "upgrade"])
     assert upgraded.exit_code == 0, upgraded.output
-    assert "0005" in upgraded.output
+    assert "0006" in upgraded.output
     created = runner.invoke(main, ["users", "create", "zed", "--group", "finance", "--group", "auditors"])
     assert created.exit_code == 0, created.output
     token = created.output.strip()

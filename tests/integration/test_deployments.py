@@ -114,9 +114,13 @@ def analyst(make_user: Any) -> Api:
 
 
 def submit_for_review(people: dict[str, Api], new_milestone: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A financial milestone (below 10 000: one finance approval) submitted by alice; returns it and its
-    review seat (bob's inbox)."""
+    """A financial milestone (below 10 000: one finance approval) holding one 5 000 invoice, submitted by
+    alice; returns it and its review seat (bob's inbox)."""
     milestone = new_milestone(amount="5000.00")
+    linked = people["alice"].post(f"/contracts/{milestone['contract_id']}/transactions", {
+        "kind": "invoice", "amount": "5000.00", "currency": "EUR", "occurred_on": "2026-11-30",
+        "milestone_id": milestone["id"]})  # the money its approval releases
+    assert linked.status_code == 201, linked.get_json()
     submitted = people["alice"].post(f"/milestones/{milestone['id']}/submission")
     assert submitted.status_code == 201, submitted.get_json()
     [task] = submitted.get_json()["open_tasks"]

@@ -129,6 +129,7 @@ def milestone(**overrides: Any) -> dict[str, Any]:
         "rework_to": ["alice"],
         "round": 1,
         "days_to_due": 30,
+        "retention_of": None,
     }
     data.update(overrides)
     return data

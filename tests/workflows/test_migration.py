@@ -19,7 +19,7 @@ PROCESS = "milestone_approval"
 START = {"milestone_id": 1, "milestone_code": "M-1", "milestone_type": "financial", "amount": Decimal(5000),
          "currency": "EUR", "contract_id": 1, "contract_number": "C-1", "contract_value": Decimal(90000),
          "account_id": 1, "account_name": "Acme Ltd", "attributes": {}, "risk": None, "submitted_by": "alice",
-         "rework_to": ["alice"], "round": 1, "days_to_due": 30}
+         "rework_to": ["alice"], "round": 1, "days_to_due": 30, "retention_of": None}
 LEVEL = {"level": 1, "group": "finance", "quorum": "any", "required": 1, "seats": 1, "eligible": 2, "on_decline": "first"}
 APPROVE = {"decision": "approve", "comment": "fine", "level_outcome": "approved"}
 DECLINE = {"decision": "decline", "comment": "missing invoice", "level_outcome": "declined"}
