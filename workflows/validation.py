@@ -23,6 +23,7 @@ import ast
 import re
 import textwrap
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -37,7 +38,7 @@ from .camunda import (
     template_to_python,
     timer_to_python,
 )
-from .deployment import BPMN_NS, CAMUNDA_NS, MAX_FILE_BYTES, Deployment, safe_parse_xml
+from .deployment import BPMN_NS, CAMUNDA_NS, MAX_FILE_BYTES, Deployment, content_hash, safe_parse_xml
 from .errors import DeploymentError, Problem
 
 SPIFF_NS = "http://spiffworkflow.org/bpmn/schema/1.0/core"
@@ -79,8 +80,34 @@ def validate_bundle(files: dict[str, bytes], known_groups: set[str] | None = Non
     return check_bundle(files, known_groups).problems
 
 
+_VALID: OrderedDict[str, Deployment] = OrderedDict()  # content hash -> parsed deployment, most recent last
+_VALID_LOCK = threading.Lock()
+_VALID_SIZE = 8
+
+
 def check_bundle(files: dict[str, bytes], known_groups: set[str] | None = None) -> BundleCheck:
-    """`validate_bundle`, also returning the parsed `Deployment` when the bundle is valid."""
+    """`validate_bundle`, also returning the parsed `Deployment` when the bundle is valid.
+
+    A bundle found valid is remembered by its content hash (the check is a function of the bytes alone
+    when no groups are given), so deploying the same files again in this process parses nothing.
+    """
+    key = content_hash(files) if files and known_groups is None else None
+    if key is not None:
+        with _VALID_LOCK:
+            known = _VALID.get(key)
+            if known is not None:
+                _VALID.move_to_end(key)
+                return BundleCheck([], known)
+    checked = _check_bundle(files, known_groups)
+    if key is not None and checked.deployment is not None:
+        with _VALID_LOCK:
+            _VALID[key] = checked.deployment
+            while len(_VALID) > _VALID_SIZE:
+                _VALID.popitem(last=False)
+    return checked
+
+
+def _check_bundle(files: dict[str, bytes], known_groups: set[str] | None) -> BundleCheck:
     problems: list[Problem] = []
     if not files:
         return BundleCheck([Problem("the bundle is empty: upload .bpmn and .dmn files")])
