@@ -7,8 +7,8 @@ One run does these measurements:
 
 * HTTP: a fresh PostgreSQL schema in database `test` (BENCH_DATABASE_URL), the real server
   (`python -m app.cli serve`, gunicorn with W workers of T threads; T=1, the default, is sync
-  workers) and C client threads driving N milestone lifecycles: create milestone -> activate ->
-  submit (submitter) -> approve (finance approver), four requests. The amount (50000.00,
+  workers) and C client threads driving N milestone lifecycles: create milestone -> link an invoice -> activate ->
+  submit (submitter) -> approve (finance approver), five requests. The amount (50000.00,
   financial) routes to one approval level of finance-managers with quorum "any": the submission
   opens one review seat whose candidate users are the group's eligible members. Threads (gthread,
   what `serve` runs by default) measured no better on 2 cores: the run is CPU-bound there
@@ -65,7 +65,7 @@ DEFAULT_DB_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET_RATIO = 0.5
 TARGET_ROUND_GROWTH = 1.5  # step time at the last rounds / at the first rounds
 ROUND_WINDOW = 5  # rounds at each end whose samples are compared
-REQUESTS_PER_LIFECYCLE = 4  # create, activate, submit, complete
+REQUESTS_PER_LIFECYCLE = 5  # create, link an invoice, activate, submit, complete
 AMOUNT = "50000.00"  # financial, 10000 <= amount < 100000 -> DMN routes to finance-managers
 APPROVER_GROUP = "finance-managers"
 SUBMITTER = "bench-submitter"
@@ -234,6 +234,10 @@ class Client:
             "currency": "EUR",
         })
         mid = int(milestone["id"])
+        # the money its approval releases: one invoice held in the ledger until then
+        self.call("POST", f"/contracts/{contract_id}/transactions", self.submitter, {
+            "kind": "invoice", "amount": AMOUNT, "currency": "EUR", "occurred_on": "2026-12-01", "milestone_id": mid,
+        })
         self.call("POST", f"/milestones/{mid}/activation", self.submitter)
         return mid
 

@@ -487,9 +487,8 @@ def complete_task(uow: UnitOfWork, cache: DeploymentCache, user: User, task_id: 
         payload["comment"] = comment
     if data:
         payload["form"] = data  # namespaced: a form can never overwrite routing or identity keys
-    level = routing.level_of(uow, task)
+    level = routing.level_of(uow, task)  # read after the lock: the count of the votes before this one
     if level is not None:
-        uow.s.refresh(level)
         assert decision is not None
         payload["level_outcome"] = routing.count_vote(level, decision)
     command = {"kind": "complete_task", "task_id": task_id, "user_id": user.id, "decision": decision,

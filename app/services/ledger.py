@@ -96,11 +96,14 @@ def _entries(uow: UnitOfWork, *where: Any) -> list[LedgerEntry]:
     return list(uow.s.scalars(select(LedgerEntry).where(*where).order_by(LedgerEntry.id)))
 
 
-def _pair_balances(uow: UnitOfWork, milestone_id: int) -> dict[int, Balance]:
-    """Balance per transaction for one milestone's entries."""
+def _pair_balances(uow: UnitOfWork, milestone_id: int,
+                   entries: dict[int, list[LedgerEntry]] | None = None) -> dict[int, Balance]:
+    """Balance per transaction for one milestone's entries (which `entries` receives, per transaction)."""
     out: dict[int, Balance] = {}
     for entry in _entries(uow, LedgerEntry.milestone_id == milestone_id):
         out.setdefault(entry.transaction_id, Balance()).add(entry.kind, entry.amount, entry.currency)
+        if entries is not None:
+            entries.setdefault(entry.transaction_id, []).append(entry)
     return out
 
 
@@ -206,16 +209,15 @@ def release_for_milestone(uow: UnitOfWork, milestone: Milestone, *, step: str, i
     """
     result = ReleaseResult()
     created_any = False
-    balances = _pair_balances(uow, milestone.id)
+    by_transaction: dict[int, list[LedgerEntry]] = {}
+    balances = _pair_balances(uow, milestone.id, by_transaction)
     transactions = {t.id: t for t in uow.s.scalars(select(ContractTransaction).where(
         ContractTransaction.id.in_(list(balances) or [0])).order_by(ContractTransaction.id))}
     percentage = milestone.release_percentage if milestone.release_percentage is not None else Decimal("100")
     retainage = milestone.retainage_percentage or Decimal("0")
     for transaction_id, balance in sorted(balances.items()):
         transaction = transactions[transaction_id]
-        existing = {e.kind: e for e in _entries(uow, LedgerEntry.transaction_id == transaction_id,
-                                                LedgerEntry.milestone_id == milestone.id,
-                                                LedgerEntry.kind.in_(("release", "retain")))}
+        existing = {e.kind: e for e in by_transaction.get(transaction_id, []) if e.kind in ("release", "retain")}
         if existing:  # released before: the same answer, no new money
             result.released += [existing["release"]] if "release" in existing else []
             result.retained += [existing["retain"]] if "retain" in existing else []

@@ -147,10 +147,22 @@ def round_approvers(uow: UnitOfWork, instance_id: int, *, except_level: int | No
 
 
 def electorate(uow: UnitOfWork, group_name: str, *, excluded: set[int],
-               substitutes: dict[int, int] | None = None) -> list[Voter]:
+               substitutes: dict[int, int] | None = None,
+               memo: dict[Any, list[Voter]] | None = None) -> list[Voter]:
     """Who votes for `group_name` now: its members, each replaced by their (final) substitute while
     away, without the excluded (submitter, earlier approvers): an excluded member brings no
-    substitute, and nobody votes twice."""
+    substitute, and nobody votes twice. `memo` (one command's) answers a repeated question unread."""
+    key = (group_name, frozenset(excluded))
+    if memo is not None and key in memo:
+        return memo[key]
+    voters = _electorate(uow, group_name, excluded=excluded, substitutes=substitutes)
+    if memo is not None:
+        memo[key] = voters
+    return voters
+
+
+def _electorate(uow: UnitOfWork, group_name: str, *, excluded: set[int],
+                substitutes: dict[int, int] | None) -> list[Voter]:
     group = resolve_group(uow, group_name)
     if group is None:
         return []
@@ -250,7 +262,8 @@ def op_plan_approval_levels(services: MilestoneServices, call: ServiceCall) -> d
         excluded = {milestone.submitted_by_id} if milestone.submitted_by_id is not None else set()
         substitutes = active_substitutes(uow)
         for p in plan:
-            eligible = len(electorate(uow, p["group"], excluded=excluded, substitutes=substitutes))
+            eligible = len(electorate(uow, p["group"], excluded=excluded, substitutes=substitutes,
+                                      memo=services.electorates))
             needed = required_votes(p["quorum"], eligible)
             if eligible == 0 or needed > eligible:
                 problems.append(f"level {p['level']} ({p['group']}, quorum {p['quorum']}) needs {max(needed, 1)} "
@@ -281,7 +294,7 @@ def op_open_approval_level(services: MilestoneServices, call: ServiceCall) -> di
     level = next((lv for lv in _levels(uow, services.instance_row_id()) if lv.status == "pending"), None)
     if level is None:
         raise LookupError("no pending approval level to open in this round")
-    voters = electorate(uow, level.group_name, excluded=_excluded(uow, milestone, level))
+    voters = electorate(uow, level.group_name, excluded=_excluded(uow, milestone, level), memo=services.electorates)
     required = required_votes(level.quorum, len(voters))
     if not voters or required > len(voters):
         raise Unroutable(f"level {level.level} of milestone {milestone.code} ({level.group_name}, quorum "

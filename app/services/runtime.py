@@ -166,6 +166,8 @@ class MilestoneServices:
         self.approval_round_requested = False
         # Approval levels opened in this transaction: the save makes their review children seats.
         self.opened_levels: list[Any] = []
+        # Electorates resolved in this command (planning, then opening level 1, ask the same question).
+        self.electorates: dict[Any, Any] = {}
 
     def __call__(self, call: ServiceCall) -> Any:
         handler = getattr(self, f"op_{call.operation}", None)
