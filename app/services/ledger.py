@@ -7,8 +7,8 @@ released exactly once by the approval diagram, never rewritten.
   releases what is held: a transaction tied to an objective only if that objective is met (else
   it stays held, with the reason); the milestone's `release_percentage` of each (the rest stays
   held); its `retainage_percentage` of that is kept back (`retain`). A later milestone whose
-  `retention_of_id` names this one releases the retention when *it* is approved
-  (`retention_release`).
+  `retention_of_id` names this one releases, when *it* is approved, the retention
+  (`retention_release`) and what is still held and may go now (`release`, objectives met since).
 - A release can only be undone by a compensating `reversal` entry, by an administrator or a member
   of `treasury`, with a reason.
 - Every money movement writes a payment instruction to the outbox in the same transaction
@@ -269,36 +269,52 @@ def release_for_milestone(uow: UnitOfWork, milestone: Milestone, *, step: str, i
 
 def _release_retention(uow: UnitOfWork, milestone: Milestone, result: ReleaseResult, *, step: str,
                        instance_id: int | None, round: int | None) -> bool:
-    """This milestone's approval releases what another one retained (e.g. after its warranty period)."""
+    """This milestone's approval releases what another, approved one kept: its retention (e.g. after a
+    warranty period) and what its own release step withheld that can go now (an objective met since, the
+    part beyond its release_percentage). Each once: `retention_release:T:M`, `release:T:M:by:<this>`."""
     original = uow.s.get(Milestone, milestone.retention_of_id)
-    if original is None:
-        return False
+    if original is None or original.status not in ("approved", "completed"):
+        return False  # money of a milestone that was never approved is never released
     created_any = False
     transactions = {t.id: t for t in uow.s.scalars(select(ContractTransaction).where(
         ContractTransaction.milestone_id == original.id))}
+    keys = {e.release_key: e for e in _entries(uow, LedgerEntry.milestone_id == original.id)}
+    common = {"contract_id": original.contract_id, "milestone_id": original.id, "step": step,
+              "instance_id": instance_id, "round": round if round is not None else milestone.round}
     for transaction_id, balance in sorted(_pair_balances(uow, original.id).items()):
-        done = uow.s.scalar(select(LedgerEntry).where(
-            LedgerEntry.release_key == f"retention_release:{transaction_id}:{original.id}"))
-        if done is not None:
-            result.retention_released.append(done)
-            continue
-        if balance.retained <= 0:
-            continue
         transaction = transactions.get(transaction_id) or uow.s.get(ContractTransaction, transaction_id)
         assert transaction is not None
-        entry, created = _insert(uow, {
-            "contract_id": original.contract_id, "milestone_id": original.id, "transaction_id": transaction_id,
-            "objective_id": transaction.objective_id, "kind": "retention_release", "amount": balance.retained,
-            "currency": balance.currency, "round": round if round is not None else milestone.round,
-            "step": step, "instance_id": instance_id,
-            "reason": f"retention released by the approval of milestone {milestone.code}",
-            "release_key": f"retention_release:{transaction_id}:{original.id}"})
-        result.retention_released.append(entry)
-        if created:
-            created_any = True
-            _instruction(uow, entry, original, transaction)
-            audit.record(uow, "funds.retention_released", "milestone", original.id,
-                         after={"entry_id": entry.id, "amount": entry.amount, "by_milestone": milestone.id})
+        moves: list[tuple[str, str, Decimal, str]] = []
+        retention_key = f"retention_release:{transaction_id}:{original.id}"
+        if retention_key in keys:
+            result.retention_released.append(keys[retention_key])
+        elif balance.retained > 0:
+            moves.append(("retention_release", retention_key, balance.retained,
+                          f"retention released by the approval of milestone {milestone.code}"))
+        remainder_key = f"release:{transaction_id}:{original.id}:by:{milestone.id}"
+        if remainder_key in keys:
+            result.released.append(keys[remainder_key])
+        elif balance.held > 0 and transaction.milestone_id == original.id:
+            objective = uow.s.get(Objective, transaction.objective_id) if transaction.objective_id else None
+            if transaction.objective_id is not None and (objective is None or not objective.met):
+                result.withheld.append({"transaction_id": transaction_id, "amount": str(balance.held),
+                                        "reason": f"objective {objective.title if objective else ''!r} is not met"})
+            else:
+                moves.append(("release", remainder_key, balance.held,
+                              f"withheld at milestone {original.code}'s release, released by the approval of "
+                              f"milestone {milestone.code}"))
+        for kind, key, amount, reason in moves:
+            entry, created = _insert(uow, {**common, "transaction_id": transaction_id,
+                                           "objective_id": transaction.objective_id, "kind": kind, "amount": amount,
+                                           "currency": balance.currency, "reason": reason, "release_key": key})
+            (result.retention_released if kind == "retention_release" else result.released).append(entry)
+            if created:
+                created_any = True
+                _instruction(uow, entry, original, transaction)
+                audit.record(uow, "funds.retention_released" if kind == "retention_release" else
+                             "funds.withheld_released", "milestone", original.id,
+                             after={"entry_id": entry.id, "kind": kind, "amount": entry.amount,
+                                    "by_milestone": milestone.id})
     return created_any
 
 

@@ -76,8 +76,8 @@ def create_milestone(uow: UnitOfWork, cache: DeploymentCache, contract_id: int, 
         original = uow.s.get(Milestone, retention_of_id)
         if original is None or original.contract_id != contract.id:
             errors["retention_of_id"] = [f"no milestone {retention_of_id} on this contract"]
-        elif not original.retainage_percentage:
-            errors["retention_of_id"] = [f"milestone {original.code} keeps no retainage"]
+        elif original.type != "financial":
+            errors["retention_of_id"] = [f"milestone {original.code} is non-financial: it holds no money"]
     if type == "non_financial" and (release_percentage is not None or retainage_percentage is not None):
         errors.setdefault("retainage_percentage", ["a non-financial milestone releases no money of its own"])
     seen: set[tuple[str, str]] = set()

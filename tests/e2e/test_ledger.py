@@ -89,6 +89,23 @@ def test_objective_funds_wait_for_the_objective_and_the_rest_stays_held_with_the
     assert ok(alice.get(f"/milestones/{m['id']}/ledger"))["transactions"][1]["id"] == tied["id"]
     assert plain["id"] != tied["id"]
 
+    # a follow-up approval does not release it either: the objective is still not met (and objectives
+    # are frozen once the milestone is approved)
+    follow_up = new_milestone(type="non_financial", amount=None, retention_of_id=m["id"])
+    [seat] = ok(alice.post(f"/milestones/{follow_up['id']}/submission"), 201)["open_tasks"]
+    ok(people["dave"].post(f"/tasks/{seat['id']}/completion", {"decision": "approve"}))
+    assert (money(alice, m["id"])["held"], money(alice, m["id"])["released"]) == ("40000.00", "10000.00")
+
+
+def test_a_follow_up_never_releases_money_of_a_milestone_that_was_not_approved(people, new_milestone):
+    alice = people["alice"]
+    m = new_milestone(amount="50000.00")
+    invoice(alice, m, "50000.00")
+    follow_up = new_milestone(type="non_financial", amount=None, retention_of_id=m["id"])
+    [seat] = ok(alice.post(f"/milestones/{follow_up['id']}/submission"), 201)["open_tasks"]
+    ok(people["dave"].post(f"/tasks/{seat['id']}/completion", {"decision": "approve"}))
+    assert (money(alice, m["id"])["held"], money(alice, m["id"])["released"]) == ("50000.00", "0.00")
+
 
 def test_partial_release_and_retainage_released_later_by_a_warranty_milestone(app, people, new_milestone):
     alice = people["alice"]
@@ -106,9 +123,12 @@ def test_partial_release_and_retainage_released_later_by_a_warranty_milestone(ap
     [seat] = ok(alice.post(f"/milestones/{warranty['id']}/submission"), 201)["open_tasks"]
     ok(people["dave"].post(f"/tasks/{seat['id']}/completion", {"decision": "approve"}))  # project-managers
     assert ok(alice.get(f"/milestones/{warranty['id']}"))["status"] == "completed"
+    # its approval releases the retention and the 20 000 the first release step withheld
     after = money(alice, works["id"])
-    assert (after["released"], after["retained"], after["held"]) == ("20000.00", "0.00", "20000.00")
-    assert kinds(alice, works["id"])[-1] == ("retention_release", "2000.00", t["id"])
+    assert (after["released"], after["retained"], after["held"]) == ("40000.00", "0.00", "0.00")
+    assert kinds(alice, works["id"])[-2:] == [("retention_release", "2000.00", t["id"]),
+                                              ("release", "20000.00", t["id"])]
+    assert ok(alice.get(f"/milestones/{warranty['id']}"))["release"]["amount"] == "22000.00"
 
 
 def test_linking_more_than_the_milestone_amount_is_refused_with_the_numbers(people, new_milestone):
