@@ -10,6 +10,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
@@ -86,6 +87,15 @@ class UnitOfWork:
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
+
+    def insert_unless_exists(self, model: Any, values: dict[str, Any], returning: Any) -> Any:
+        """INSERT one row unless a unique key already holds it (ON CONFLICT DO NOTHING): one statement,
+        so racing writers are decided by the database, nothing is read first, and pending ORM changes
+        are not flushed for it. Returns `returning` of the new row, None when it existed."""
+        dialect = self.s.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(model).values(**values).on_conflict_do_nothing().returning(returning)
+        return self.s.execute(statement, execution_options={"autoflush": False}).scalar()
 
     def rollback(self) -> None:
         if self.session is not None:

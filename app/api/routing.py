@@ -8,7 +8,6 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
-from ..errors import Forbidden
 from ..services import approvals, groups, out_of_office, routing
 from .auth import current_user
 from .context import command_uow, deployments, read_uow
@@ -227,20 +226,6 @@ def _lead(group: Any) -> str | None:
     return group.lead.username if group.lead is not None else None
 
 
-def _require_admin() -> Any:
-    user = current_user()
-    if not user.is_admin:
-        raise Forbidden("only administrators manage groups")
-    return user
-
-
-def _require_admin_or_lead(uow: Any, group_id: int) -> Any:
-    user = current_user()
-    if not user.is_admin and groups.get_group(uow, group_id).lead_id != user.id:
-        raise Forbidden("only administrators and the group's lead manage its members")
-    return user
-
-
 @groups_blp.route("")
 class Groups(MethodView):
     @groups_blp.arguments(GroupListArgs, location="query")
@@ -260,7 +245,7 @@ class Groups(MethodView):
     @groups_blp.alt_response(403, description="Administrators only")
     def post(self, body: dict[str, Any]) -> Any:
         """Create a group (optionally with members and a lead who is one of them)."""
-        _require_admin()
+        groups.require_admin(current_user())
         with command_uow() as uow:
             group = groups.create_group(uow, body["name"], description=body["description"], lead=body["lead"],
                                         members=body["members"])
@@ -279,7 +264,7 @@ class GroupById(MethodView):
     @groups_blp.response(200, GroupDetail)
     def patch(self, body: dict[str, Any], group_id: int) -> Any:
         """Rename (the old name keeps working as a former name), describe, set or clear the lead."""
-        _require_admin()
+        groups.require_admin(current_user())
         with command_uow() as uow:
             groups.update_group(uow, group_id, name=body.get("name"), description=body.get("description"),
                                 lead=body.get("lead"), clear_lead="lead" in body and body["lead"] is None)
@@ -293,7 +278,7 @@ class GroupMembers(MethodView):
     def post(self, body: dict[str, Any], group_id: int) -> Any:
         """Add a member: they gain the group's open approval seats at once."""
         with command_uow() as uow:
-            _require_admin_or_lead(uow, group_id)
+            groups.require_member_manager(uow, current_user(), group_id)
             changed = groups.add_member(uow, group_id, body["username"])
             return {"group": _detail(groups.group_view(uow, group_id)), "changed_tasks": changed}
 
@@ -304,7 +289,7 @@ class GroupMember(MethodView):
     def delete(self, group_id: int, username: str) -> Any:
         """Remove a member: they lose the group's open approval seats at once."""
         with command_uow() as uow:
-            _require_admin_or_lead(uow, group_id)
+            groups.require_member_manager(uow, current_user(), group_id)
             changed = groups.remove_member(uow, group_id, username)
             return {"group": _detail(groups.group_view(uow, group_id)), "changed_tasks": changed}
 

@@ -389,12 +389,15 @@ def _as_if_held(task: HumanTaskRow, holder: User, *, delegated_by_id: int | None
 
 
 
-def _task_for_manager(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
-    """A task the caller may see, or that they manage as lead of one of its groups (or as an admin)."""
+def _task_for_manager(uow: UnitOfWork, user: User, task_id: str, *, milestone_owners: bool = False) -> HumanTaskRow:
+    """A task the caller may see, or that they manage as lead of one of its groups (or as an admin);
+    with milestone_owners, also one of a milestone they own (creator, submitter, primary contact)."""
     task = uow.s.get(HumanTaskRow, task_id, options=[joinedload(HumanTaskRow.candidates)])
     if task is None:
         raise NotFound(f"no task {task_id}")
     if user.is_admin or _is_candidate(task, user, group_names(uow, user.id)) or _is_lead(uow, user, _task_groups(task)):
+        return task
+    if milestone_owners and user.id in _milestone_owner_ids(uow, task.milestone_id):
         return task
     raise NotFound(f"no task {task_id}")
 
@@ -414,20 +417,9 @@ def _milestone_owner_ids(uow: UnitOfWork, milestone_id: int | None) -> set[int]:
     return ids
 
 
-def _task_for_comments(uow: UnitOfWork, user: User, task_id: str) -> HumanTaskRow:
-    """Comments are for the task's candidates (and its assignee, owner, group leads) and the milestone's owners."""
-    task = uow.s.get(HumanTaskRow, task_id, options=[joinedload(HumanTaskRow.candidates)])
-    if task is None:
-        raise NotFound(f"no task {task_id}")
-    if user.is_admin or user.id in _milestone_owner_ids(uow, task.milestone_id) \
-            or _is_candidate(task, user, group_names(uow, user.id)) or _is_lead(uow, user, _task_groups(task)):
-        return task
-    raise NotFound(f"no task {task_id}")
-
-
 def add_comment(uow: UnitOfWork, user: User, task_id: str, body: str) -> TaskComment:
     """Comment on a task (open or closed). Raises NotFound (may not see it), ValidationFailed (empty)."""
-    task = _task_for_comments(uow, user, task_id)
+    task = _task_for_manager(uow, user, task_id, milestone_owners=True)
     text = (body or "").strip()
     if not text:
         raise ValidationFailed("a comment needs a body", {"body": ["must not be empty"]})
@@ -440,7 +432,7 @@ def add_comment(uow: UnitOfWork, user: User, task_id: str, body: str) -> TaskCom
 
 
 def list_comments(uow: UnitOfWork, user: User, task_id: str) -> list[TaskComment]:
-    task = _task_for_comments(uow, user, task_id)
+    task = _task_for_manager(uow, user, task_id, milestone_owners=True)
     return list(uow.s.scalars(select(TaskComment).where(TaskComment.task_id == task.id).order_by(TaskComment.id)))
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 
-from ..errors import Conflict, NotFound, ValidationFailed
+from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..models import ApprovalLevel, Group, GroupAlias, HumanTaskRow, Membership, TaskCandidate, User
 from ..uow import UnitOfWork
 from . import audit, routing
@@ -39,6 +39,18 @@ def _name_taken(uow: UnitOfWork, name: str, *, except_group: int | None = None) 
     group_id = uow.s.scalar(select(Group.id).where(Group.name == name))
     alias_of = uow.s.scalar(select(GroupAlias.group_id).where(GroupAlias.name == name))
     return any(i is not None and i != except_group for i in (group_id, alias_of))
+
+
+def require_admin(user: User) -> None:
+    """Creating, renaming and leading groups is for administrators. Raises Forbidden."""
+    if not user.is_admin:
+        raise Forbidden("only administrators manage groups")
+
+
+def require_member_manager(uow: UnitOfWork, user: User, group_id: int) -> None:
+    """Members are managed by administrators and the group's lead. Raises NotFound, Forbidden."""
+    if not user.is_admin and get_group(uow, group_id).lead_id != user.id:
+        raise Forbidden("only administrators and the group's lead manage its members")
 
 
 def get_group(uow: UnitOfWork, group_id: int) -> Group:

@@ -22,15 +22,12 @@ Balances (linked, held, released, retained, reversed, cancelled) are sums over t
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import Conflict, Forbidden, NotFound, ValidationFailed
 from ..models import Contract, ContractTransaction, Group, Membership, Milestone, User, utcnow
@@ -38,6 +35,7 @@ from ..models.ledger import LedgerEntry
 from ..models.objectives import Objective
 from ..uow import UnitOfWork
 from . import audit
+from .csvstream import stream_rows
 from .notifications import notify
 
 CENT = Decimal("0.01")
@@ -115,12 +113,9 @@ def quantize(amount: Decimal) -> Decimal:
 def _insert(uow: UnitOfWork, values: dict[str, Any]) -> tuple[LedgerEntry, bool]:
     """Insert one entry unless its release_key exists; returns (entry, created). One statement: the unique
     key decides between racing writers, and nothing is read first."""
-    dialect = uow.s.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     values = {**values, "created_at": utcnow()}
     values.setdefault("idempotency_key", "pay_" + values["release_key"].replace(":", "_"))
-    entry_id = uow.s.execute(insert(LedgerEntry).values(**values).on_conflict_do_nothing().returning(LedgerEntry.id),
-                             execution_options={"autoflush": False}).scalar()
+    entry_id = uow.insert_unless_exists(LedgerEntry, values, LedgerEntry.id)
     created = entry_id is not None
     if not created:
         entry_id = uow.s.scalar(select(LedgerEntry.id).where(LedgerEntry.release_key == values["release_key"]))
@@ -401,49 +396,25 @@ CSV_COLUMNS = ("entry_id", "created_at", "contract_id", "milestone_id", "milesto
                "idempotency_key")
 
 
-def _safe(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # formula injection: a cell a spreadsheet would evaluate starts with one of these
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _is_number(text) else text
-
-
-def _is_number(text: str) -> bool:
-    try:
-        Decimal(text)
-    except Exception:
-        return False
-    return True
-
-
 def contract_ledger_csv(uow: UnitOfWork, contract_id: int) -> Iterator[str]:
-    """The contract's entries as CSV, then one balance line per milestone and a total: a reviewer can
-    reconcile it by hand (held = linked - released - retained + retention released ... per the kinds)."""
+    """The contract's entries as CSV, then one balance line per milestone and a total, so that a reviewer
+    can reconcile it by hand (held = holds - cancels - releases - retains; released = releases +
+    retention releases - reversals)."""
     ledger = contract_ledger(uow, contract_id)
     codes = dict(uow.s.execute(select(Milestone.id, Milestone.code).where(Milestone.contract_id == contract_id)).all())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
 
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
+    def rows() -> Iterator[list[Any]]:
+        for e in ledger.entries:
+            yield [e.id, e.created_at.isoformat(), e.contract_id, e.milestone_id, codes.get(e.milestone_id),
+                   e.transaction_id, e.objective_id, e.kind, e.amount, e.currency, e.round,
+                   e.actor.username if e.actor else None, e.step, e.reason, e.reverses_id, e.idempotency_key]
+        yield []
+        yield ["balance", "milestone_id", "milestone_code", "currency", "linked", "held", "released", "retained",
+               "reversed", "cancelled"]
+        for milestone_id, b in sorted(ledger.per_milestone.items()):
+            yield ["milestone", milestone_id, codes.get(milestone_id), b.currency, b.linked, b.held, b.released,
+                   b.retained, b.reversed, b.cancelled]
+        t = ledger.balance
+        yield ["contract", "", "", t.currency, t.linked, t.held, t.released, t.retained, t.reversed, t.cancelled]
 
-    writer.writerow(CSV_COLUMNS)
-    yield flush()
-    for e in ledger.entries:
-        writer.writerow([_safe(v) for v in (
-            e.id, e.created_at.isoformat(), e.contract_id, e.milestone_id, codes.get(e.milestone_id), e.transaction_id,
-            e.objective_id, e.kind, e.amount, e.currency, e.round, e.actor.username if e.actor else None, e.step,
-            e.reason, e.reverses_id, e.idempotency_key)])
-        yield flush()
-    writer.writerow([])
-    writer.writerow(["balance", "milestone_id", "milestone_code", "currency", "linked", "held", "released",
-                     "retained", "reversed", "cancelled"])
-    for milestone_id, b in sorted(ledger.per_milestone.items()):
-        writer.writerow(["milestone", milestone_id, _safe(codes.get(milestone_id)), b.currency, b.linked, b.held,
-                         b.released, b.retained, b.reversed, b.cancelled])
-    t = ledger.balance
-    writer.writerow(["contract", "", "", t.currency, t.linked, t.held, t.released, t.retained, t.reversed,
-                     t.cancelled])
-    yield flush()
+    yield from stream_rows(CSV_COLUMNS, rows())  # a generator: nothing is read before the stream starts

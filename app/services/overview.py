@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -13,6 +11,7 @@ from sqlalchemy import Select, and_, case, func, not_, select
 
 from ..models import Contract, Milestone
 from ..uow import UnitOfWork
+from .csvstream import stream_rows
 from .records import Page, paginate
 
 CLOSED = ("completed", "cancelled")
@@ -99,32 +98,12 @@ def export_csv(uow: UnitOfWork, f: MilestoneFilter, today: date) -> Iterator[str
     """The filtered list as CSV, produced row by row (the caller streams it)."""
     stmt = (_filtered(f, today, select(Milestone, Contract.number).join(Contract, Contract.id == Milestone.contract_id))
             .order_by(*SORTS[f.sort], Milestone.id).execution_options(yield_per=500))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-
-    def flush() -> str:
-        value = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return value
-
-    writer.writerow(CSV_COLUMNS)
-    yield flush()
-    for milestone, number in uow.s.execute(stmt):
-        writer.writerow([
-            milestone.id, _safe(milestone.code), _safe(number), milestone.account_id, milestone.type,
-            milestone.status, str(milestone.published).lower(),
-            "" if milestone.amount is None else f"{milestone.amount:.2f}", milestone.currency,
-            milestone.due_date.isoformat() if milestone.due_date else "", milestone.primary_contact_id or "",
-            milestone.round, _safe(milestone.description),
-        ])
-        yield flush()
-
-
-def _safe(text: str | None) -> str:
-    """Neutralize spreadsheet formula injection (a cell starting with = + - @)."""
-    text = text or ""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    rows = ([milestone.id, milestone.code, number, milestone.account_id, milestone.type, milestone.status,
+             str(milestone.published).lower(), "" if milestone.amount is None else f"{milestone.amount:.2f}",
+             milestone.currency, milestone.due_date.isoformat() if milestone.due_date else "",
+             milestone.primary_contact_id or "", milestone.round, milestone.description]
+            for milestone, number in uow.s.execute(stmt))
+    yield from stream_rows(CSV_COLUMNS, rows)  # a generator: the query runs when the stream starts
 
 
 __all__ = ["MilestoneFilter", "export_csv", "list_milestones", "summary"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import or_, select
 
 from workflows import ServiceCall
 
@@ -544,7 +544,3 @@ def rounds(uow: UnitOfWork, milestone_id: int) -> list[dict[str, Any]]:
         })
     return out
 
-
-def open_seat_count(uow: UnitOfWork, instance_id: int, level: int) -> int:
-    return int(uow.s.scalar(select(func.count()).select_from(HumanTaskRow).where(
-        HumanTaskRow.instance_id == instance_id, HumanTaskRow.level == level, HumanTaskRow.status == "open")) or 0)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import lazyload
 
 import workflows
@@ -216,14 +215,9 @@ class MilestoneServices:
                                               round=milestone.round)
         released = sum((e.amount for e in result.released + result.retention_released), Decimal("0"))
         # One header row per milestone, ever (unique keys on the milestone and the task): the step's record.
-        dialect = self.uow.s.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         values = dict(milestone_id=milestone.id, instance_id=self.instance_row_id(), task_id=call.task_id,
                       amount=released, currency=currency, round=milestone.round, released_at=utcnow())
-        release_id = self.uow.s.execute(
-            insert(FundRelease).values(**values).on_conflict_do_nothing().returning(FundRelease.id),
-            execution_options={"autoflush": False},
-        ).scalar()
+        release_id = self.uow.insert_unless_exists(FundRelease, values, FundRelease.id)
         if release_id is None:
             existing = self.uow.s.scalar(select(FundRelease).where(FundRelease.milestone_id == milestone.id))
             if existing is None or existing.task_id != call.task_id:
